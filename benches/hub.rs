@@ -1,0 +1,292 @@
+//! Fan-out throughput of the hub beside the two things Rust users reach for today:
+//! `tokio::sync::broadcast`, and a hub of broadcast senders behind one global
+//! `Mutex<HashMap<..>>`.
+//!
+//! `cargo bench --bench hub` runs both groups:
+//! - `fanout/*/{1,100,10000}`: bursts of events to one topic whose subscribers are tasks on
+//!   a two-worker runtime, draining; an iteration ends when every subscriber has received
+//!   the whole burst. Throughput is in deliveries.
+//! - `many_topics/idle/*`: two threads broadcasting round-robin over 10 000 distinct
+//!   topics, each with one subscriber that never reads. Throughput is in broadcasts.
+//! - `many_topics/draining/*`: the same topics, each with one subscriber task reading; an
+//!   iteration is one event to every topic, ending when all are received. Throughput is in
+//!   deliveries.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio::sync::broadcast;
+use tower_fanout::{Event, Hub};
+
+/// Events per burst; both rings hold a whole burst, so nobody lags.
+const BURST: u64 = 64;
+const CAPACITY: usize = 256;
+
+/// Counts deliveries and tells the publisher when a burst has reached everyone.
+struct Progress {
+    delivered: AtomicU64,
+    target: AtomicU64,
+    done: Mutex<mpsc::Sender<()>>,
+}
+
+impl Progress {
+    fn new() -> (Arc<Self>, mpsc::Receiver<()>) {
+        let (done, finished) = mpsc::channel();
+        let progress = Arc::new(Self {
+            delivered: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            done: Mutex::new(done),
+        });
+        (progress, finished)
+    }
+
+    fn add(&self, count: u64) {
+        let total = self.delivered.fetch_add(count, Ordering::AcqRel) + count;
+        if total == self.target.load(Ordering::Acquire) {
+            let _ = self.done.lock().expect("not poisoned").send(());
+        }
+    }
+
+    /// Runs `publish` once per iteration and waits for its deliveries.
+    fn run(
+        &self,
+        finished: &mpsc::Receiver<()>,
+        iters: u64,
+        per_burst: u64,
+        publish: impl Fn(),
+    ) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.delivered.store(0, Ordering::Release);
+            self.target.store(per_burst, Ordering::Release);
+            publish();
+            finished
+                .recv_timeout(Duration::from_secs(30))
+                .expect("every subscriber receives the burst within 30 s");
+        }
+        start.elapsed()
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
+    for subscribers in [1u64, 100, 10_000] {
+        group.throughput(Throughput::Elements(subscribers * BURST));
+
+        group.bench_function(BenchmarkId::new("hub", subscribers), |b| {
+            let rt = runtime();
+            let hub = Hub::builder().buffer(CAPACITY).build();
+            let (progress, finished) = Progress::new();
+            for _ in 0..subscribers {
+                let mut subscription = hub.subscribe("bench");
+                let progress = Arc::clone(&progress);
+                rt.spawn(async move {
+                    let mut batch = Vec::with_capacity(CAPACITY);
+                    while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
+                        batch.clear();
+                        progress.add(count as u64);
+                    }
+                });
+            }
+            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+            b.iter_custom(|iters| {
+                progress.run(&finished, iters, subscribers * BURST, || {
+                    for _ in 0..BURST {
+                        black_box(hub.broadcast("bench", Event::new(payload.clone())));
+                    }
+                })
+            });
+            hub.close();
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+
+        group.bench_function(BenchmarkId::new("tokio_broadcast", subscribers), |b| {
+            let rt = runtime();
+            let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
+            let (progress, finished) = Progress::new();
+            for _ in 0..subscribers {
+                let mut receiver = sender.subscribe();
+                let progress = Arc::clone(&progress);
+                rt.spawn(async move {
+                    while receiver.recv().await.is_ok() {
+                        let mut count = 1;
+                        while receiver.try_recv().is_ok() {
+                            count += 1;
+                        }
+                        progress.add(count);
+                    }
+                });
+            }
+            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+            b.iter_custom(|iters| {
+                progress.run(&finished, iters, subscribers * BURST, || {
+                    for _ in 0..BURST {
+                        black_box(sender.send(Arc::new(Event::new(payload.clone()))).ok());
+                    }
+                })
+            });
+            drop(sender);
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+    }
+    group.finish();
+}
+
+/// What most hand-rolled hubs are: one broadcast sender per topic behind one global lock.
+#[derive(Default)]
+struct GlobalLockHub {
+    topics: Mutex<HashMap<String, broadcast::Sender<Arc<Event>>>>,
+}
+
+impl GlobalLockHub {
+    fn subscribe(&self, topic: &str) -> broadcast::Receiver<Arc<Event>> {
+        let mut topics = self.topics.lock().expect("not poisoned");
+        topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .subscribe()
+    }
+
+    fn broadcast(&self, topic: &str, event: Event) -> usize {
+        let event = Arc::new(event);
+        let topics = self.topics.lock().expect("not poisoned");
+        topics
+            .get(topic)
+            .and_then(|sender| sender.send(event).ok())
+            .unwrap_or(0)
+    }
+}
+
+const TOPICS: usize = 10_000;
+const THREADS: usize = 2;
+
+/// Each of two threads publishes `per_thread` events round-robin over its half of the
+/// topics.
+fn two_threads(per_thread: u64, names: &[String], publish: &(impl Fn(&str) -> usize + Sync)) {
+    std::thread::scope(|scope| {
+        for half in names.chunks(names.len() / THREADS) {
+            scope.spawn(move || {
+                for (_, topic) in (0..per_thread).zip(half.iter().cycle()) {
+                    black_box(publish(topic));
+                }
+            });
+        }
+    });
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+fn many_topics(c: &mut Criterion) {
+    let mut group = c.benchmark_group("many_topics");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
+    let names: Vec<String> = (0..TOPICS).map(|i| format!("topic-{i}")).collect();
+    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+
+    // Publishing alone: every topic has one subscriber that never reads, so both rings
+    // stay full and every broadcast evicts the oldest event.
+    group.throughput(Throughput::Elements(THREADS as u64));
+    group.bench_function("idle/hub", |b| {
+        let hub = Hub::builder().buffer(CAPACITY).build();
+        let _subscriptions: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
+        b.iter_custom(|iters| {
+            timed(|| {
+                two_threads(iters, &names, &|topic| {
+                    hub.broadcast(topic, Event::new(payload.clone()))
+                })
+            })
+        });
+    });
+    group.bench_function("idle/global_lock", |b| {
+        let hub = GlobalLockHub::default();
+        let _receivers: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
+        b.iter_custom(|iters| {
+            timed(|| {
+                two_threads(iters, &names, &|topic| {
+                    hub.broadcast(topic, Event::new(payload.clone()))
+                })
+            })
+        });
+    });
+
+    // Publishing and delivering: every topic has one subscriber task reading as events
+    // come; an iteration is one event to each topic, received by all.
+    group.throughput(Throughput::Elements(TOPICS as u64));
+    group.bench_function("draining/hub", |b| {
+        let rt = runtime();
+        let hub = Hub::builder().buffer(CAPACITY).build();
+        let (progress, finished) = Progress::new();
+        for name in &names {
+            let mut subscription = hub.subscribe(name);
+            let progress = Arc::clone(&progress);
+            rt.spawn(async move {
+                let mut batch = Vec::with_capacity(CAPACITY);
+                while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
+                    batch.clear();
+                    progress.add(count as u64);
+                }
+            });
+        }
+        b.iter_custom(|iters| {
+            progress.run(&finished, iters, TOPICS as u64, || {
+                two_threads((TOPICS / THREADS) as u64, &names, &|topic| {
+                    hub.broadcast(topic, Event::new(payload.clone()))
+                });
+            })
+        });
+        hub.close();
+        rt.shutdown_timeout(Duration::from_secs(5));
+    });
+    group.bench_function("draining/global_lock", |b| {
+        let rt = runtime();
+        let hub = GlobalLockHub::default();
+        let (progress, finished) = Progress::new();
+        for name in &names {
+            let mut receiver = hub.subscribe(name);
+            let progress = Arc::clone(&progress);
+            rt.spawn(async move {
+                while receiver.recv().await.is_ok() {
+                    let mut count = 1;
+                    while receiver.try_recv().is_ok() {
+                        count += 1;
+                    }
+                    progress.add(count);
+                }
+            });
+        }
+        b.iter_custom(|iters| {
+            progress.run(&finished, iters, TOPICS as u64, || {
+                two_threads((TOPICS / THREADS) as u64, &names, &|topic| {
+                    hub.broadcast(topic, Event::new(payload.clone()))
+                });
+            })
+        });
+        hub.topics.lock().expect("not poisoned").clear();
+        rt.shutdown_timeout(Duration::from_secs(5));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fanout, many_topics);
+criterion_main!(benches);

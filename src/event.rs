@@ -1,0 +1,214 @@
+//! The unit of fan-out: an [`Event`] with data and optional Server-Sent-Events fields.
+//!
+//! An event is built once by the publisher and shared by every subscriber. A WebSocket
+//! frame carries only its [`data`](Event::data); a Server-Sent-Events stream carries the
+//! whole event in its wire form, which is encoded on first use and then shared, so a
+//! broadcast to many SSE subscribers formats the event exactly once.
+//!
+//! Text fields reject the characters that would let a value escape its line on the wire:
+//!
+//! ```
+//! use tower_fanout::Event;
+//!
+//! let event = Event::new("{\"task\":7}").event("task.cancelled")?.id("42")?;
+//! assert_eq!(event.event_type(), Some("task.cancelled"));
+//! assert_eq!(
+//!     &event.to_sse()[..],
+//!     b"event: task.cancelled\nid: 42\ndata: {\"task\":7}\n\n"
+//! );
+//!
+//! // A newline in a field would be read back by a browser as a second field.
+//! assert!(Event::new("x").event("ping\ndata: forged").is_err());
+//! # Ok::<(), tower_fanout::InvalidEvent>(())
+//! ```
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::sse;
+
+/// One message to fan out: its data and, for Server-Sent Events, an optional type, id and
+/// reconnection hint.
+///
+/// Cloning is cheap for the data (a reference-counted [`Bytes`]); the hub shares one
+/// `Arc<Event>` among all subscribers of a broadcast.
+#[derive(Clone)]
+pub struct Event {
+    data: Bytes,
+    event: Option<Box<str>>,
+    id: Option<Box<str>>,
+    retry: Option<Duration>,
+    /// The Server-Sent-Events wire form, encoded on first use.
+    sse: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// Creates an event carrying `data`.
+    ///
+    /// Data may contain any bytes. Over Server-Sent Events it is split into lines at CRLF,
+    /// CR and LF (a browser reads every line ending back as LF) and decoded as UTF-8 by the
+    /// client; over WebSocket it is sent unchanged.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Self {
+            data: data.into(),
+            event: None,
+            id: None,
+            retry: None,
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// Sets the event type (the SSE `event:` field, which `EventSource` dispatches on).
+    ///
+    /// # Errors
+    ///
+    /// Fails when `event` contains CR or LF.
+    pub fn event(self, event: &str) -> Result<Self, InvalidEvent> {
+        check_line(event, Field::Event)?;
+        Ok(Self {
+            event: Some(event.into()),
+            sse: OnceLock::new(),
+            ..self
+        })
+    }
+
+    /// Sets the event id (the SSE `id:` field, echoed by clients as `Last-Event-ID`).
+    ///
+    /// # Errors
+    ///
+    /// Fails when `id` contains CR, LF or NUL (a browser ignores an id with NUL).
+    pub fn id(self, id: &str) -> Result<Self, InvalidEvent> {
+        check_line(id, Field::Id)?;
+        if id.contains('\0') {
+            return Err(InvalidEvent {
+                field: Field::Id,
+                found: '\0',
+            });
+        }
+        Ok(Self {
+            id: Some(id.into()),
+            sse: OnceLock::new(),
+            ..self
+        })
+    }
+
+    /// Sets the reconnection time a Server-Sent-Events client should wait after losing
+    /// the stream (the SSE `retry:` field, in whole milliseconds).
+    pub fn retry(self, retry: Duration) -> Self {
+        Self {
+            retry: Some(retry),
+            sse: OnceLock::new(),
+            ..self
+        }
+    }
+
+    /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The event type, if set.
+    pub fn event_type(&self) -> Option<&str> {
+        self.event.as_deref()
+    }
+
+    /// The event id, if set.
+    pub fn event_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The reconnection hint, if set.
+    pub fn retry_interval(&self) -> Option<Duration> {
+        self.retry
+    }
+
+    /// The event in Server-Sent-Events wire form, ending with the blank line that
+    /// dispatches it.
+    ///
+    /// Encoded on the first call and shared afterwards: every SSE subscriber of a
+    /// broadcast gets a cheap clone of the same bytes.
+    pub fn to_sse(&self) -> Bytes {
+        self.sse.get_or_init(|| sse::encode(self)).clone()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("data", &self.data)
+            .field("event", &self.event)
+            .field("id", &self.id)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+            && self.event == other.event
+            && self.id == other.id
+            && self.retry == other.retry
+    }
+}
+
+impl Eq for Event {}
+
+impl From<Bytes> for Event {
+    fn from(data: Bytes) -> Self {
+        Self::new(data)
+    }
+}
+
+impl From<&'static str> for Event {
+    fn from(data: &'static str) -> Self {
+        Self::new(data)
+    }
+}
+
+impl From<String> for Event {
+    fn from(data: String) -> Self {
+        Self::new(data)
+    }
+}
+
+impl From<Vec<u8>> for Event {
+    fn from(data: Vec<u8>) -> Self {
+        Self::new(data)
+    }
+}
+
+fn check_line(value: &str, field: Field) -> Result<(), InvalidEvent> {
+    match value.chars().find(|c| matches!(c, '\r' | '\n')) {
+        Some(found) => Err(InvalidEvent { field, found }),
+        None => Ok(()),
+    }
+}
+
+/// A text field of an [`Event`] was given a character that could break it out of its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidEvent {
+    field: Field,
+    found: char,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Event,
+    Id,
+}
+
+impl fmt::Display for InvalidEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = match self.field {
+            Field::Event => "event type",
+            Field::Id => "event id",
+        };
+        write!(f, "{field} must not contain {:?}", self.found)
+    }
+}
+
+impl std::error::Error for InvalidEvent {}

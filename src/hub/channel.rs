@@ -1,0 +1,222 @@
+//! One topic's state: a bounded ring of recent events read by every subscriber at its own
+//! cursor, and the wakers of the subscribers waiting for more.
+//!
+//! A broadcast stores one `Arc<Event>` in the ring, whatever the number of subscribers, and
+//! the ring lets go of it once every subscriber has read it. A subscriber that never reads
+//! costs nothing but its cursor, and memory per topic is bounded by the ring's capacity.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+
+use super::CloseReason;
+use crate::Event;
+
+pub(super) struct Channel {
+    pub(super) topic: Box<str>,
+    /// The topic's hash in the hub, which keys the shard's table.
+    pub(super) hash: u64,
+    pub(super) state: Mutex<ChannelState>,
+}
+
+pub(super) struct ChannelState {
+    /// Recent events not yet read by every subscriber, oldest first; the last has sequence
+    /// number `next_seq - 1`. At most `capacity` long.
+    ring: VecDeque<Slot>,
+    capacity: usize,
+    next_seq: u64,
+    pub(super) subscribers: usize,
+    pub(super) waiters: Waiters,
+    pub(super) closed: Option<CloseReason>,
+}
+
+/// What a subscriber found when it read from a channel.
+pub(super) enum Read {
+    /// This many events were handed over.
+    Events(usize),
+    /// The subscriber's cursor had fallen out of the ring; it now points at the oldest
+    /// retained event, and this many events were missed.
+    Lagged(u64),
+    /// Nothing new.
+    Empty,
+}
+
+impl Channel {
+    pub(super) fn new(topic: &str, hash: u64, capacity: usize) -> Self {
+        Self {
+            topic: topic.into(),
+            hash,
+            state: Mutex::new(ChannelState {
+                // Grows on demand up to `capacity`: a quiet topic stays small.
+                ring: VecDeque::new(),
+                capacity,
+                next_seq: 0,
+                subscribers: 0,
+                waiters: Waiters::default(),
+                closed: None,
+            }),
+        }
+    }
+
+    pub(super) fn is(&self, topic: &str) -> bool {
+        *self.topic == *topic
+    }
+}
+
+impl ChannelState {
+    /// The cursor of a subscriber that wants only events published from now on.
+    pub(super) fn tail(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Sequence number of the oldest event still in the ring.
+    fn oldest(&self) -> u64 {
+        self.next_seq - self.ring.len() as u64
+    }
+
+    /// Appends `event` for every current subscriber, moves the wakers of waiting
+    /// subscribers to `wake`, and returns the event that fell out of a full ring, so that
+    /// the caller frees it after unlocking.
+    pub(super) fn push(&mut self, event: Arc<Event>, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
+        let evicted = if self.ring.len() == self.capacity {
+            self.ring.pop_front().map(|slot| slot.event)
+        } else {
+            None
+        };
+        self.ring.push_back(Slot {
+            event,
+            unread: self.subscribers,
+        });
+        self.next_seq += 1;
+        self.waiters.take_all(wake);
+        evicted
+    }
+
+    /// Hands up to `limit` events after `cursor` to `deliver`, advancing the cursor.
+    pub(super) fn read(
+        &mut self,
+        cursor: &mut u64,
+        limit: usize,
+        mut deliver: impl FnMut(Arc<Event>),
+    ) -> Read {
+        let oldest = self.oldest();
+        if *cursor < oldest {
+            let missed = oldest - *cursor;
+            *cursor = oldest;
+            return Read::Lagged(missed);
+        }
+        let start = (*cursor - oldest) as usize;
+        let count = (self.ring.len() - start).min(limit);
+        if count == 0 {
+            return Read::Empty;
+        }
+        for slot in self.ring.range_mut(start..start + count) {
+            slot.unread -= 1;
+            deliver(Arc::clone(&slot.event));
+        }
+        *cursor += count as u64;
+        self.trim();
+        Read::Events(count)
+    }
+
+    /// Forgets a subscriber at `cursor`: the events it has not read are no longer held
+    /// for it. Returns how many events it had lost to the ring without noticing.
+    pub(super) fn leave(&mut self, cursor: u64) -> u64 {
+        self.subscribers -= 1;
+        let oldest = self.oldest();
+        let start = cursor.saturating_sub(oldest) as usize;
+        for slot in self.ring.range_mut(start.min(self.ring.len())..) {
+            slot.unread -= 1;
+        }
+        self.trim();
+        oldest.saturating_sub(cursor)
+    }
+
+    /// Drops the events every subscriber has read. Subscribers read in order and a new
+    /// one starts at the tail, so those are always at the front.
+    fn trim(&mut self) {
+        while self.ring.front().is_some_and(|slot| slot.unread == 0) {
+            self.ring.pop_front();
+        }
+        // A burst may have grown the ring; an idle topic should not keep that memory.
+        if self.ring.is_empty() && self.ring.capacity() > IDLE_RING_CAPACITY {
+            self.ring.shrink_to(IDLE_RING_CAPACITY);
+        }
+    }
+}
+
+/// Slots an emptied ring keeps allocated, so that a steady trickle of events does not
+/// allocate for each one.
+const IDLE_RING_CAPACITY: usize = 8;
+
+/// An event in the ring and how many current subscribers have yet to read it.
+struct Slot {
+    event: Arc<Event>,
+    unread: usize,
+}
+
+/// Where a subscriber's waker sits in [`Waiters`]: valid only within one epoch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Registration {
+    epoch: u64,
+    key: usize,
+}
+
+/// The wakers of subscribers waiting for the next event.
+///
+/// A broadcast takes them all at once and starts a new epoch; a subscriber whose
+/// registration is from an older epoch has been woken and registers afresh. Slots freed by
+/// subscribers that leave are reused, so the list never outgrows the subscriber count.
+#[derive(Default)]
+pub(super) struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+    epoch: u64,
+}
+
+impl Waiters {
+    pub(super) fn register(&mut self, registration: &mut Option<Registration>, waker: &Waker) {
+        if let Some(current) = *registration
+            && current.epoch == self.epoch
+            && let Some(Some(registered)) = self.slots.get_mut(current.key)
+        {
+            if !registered.will_wake(waker) {
+                registered.clone_from(waker);
+            }
+            return;
+        }
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = Some(waker.clone());
+                key
+            }
+            None => {
+                self.slots.push(Some(waker.clone()));
+                self.slots.len() - 1
+            }
+        };
+        *registration = Some(Registration {
+            epoch: self.epoch,
+            key,
+        });
+    }
+
+    pub(super) fn remove(&mut self, registration: Option<Registration>) {
+        if let Some(current) = registration
+            && current.epoch == self.epoch
+            && let Some(slot) = self.slots.get_mut(current.key)
+            && slot.take().is_some()
+        {
+            self.free.push(current.key);
+        }
+    }
+
+    pub(super) fn take_all(&mut self, wake: &mut Vec<Waker>) {
+        if self.slots.is_empty() {
+            return;
+        }
+        wake.extend(self.slots.drain(..).flatten());
+        self.free.clear();
+        self.epoch += 1;
+    }
+}

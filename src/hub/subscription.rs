@@ -1,0 +1,238 @@
+//! A subscriber's handle on one topic: a [`Stream`] of shared events.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use super::channel::{Channel, Read, Registration};
+use super::{CloseReason, Hub, LagPolicy, lock};
+use crate::Event;
+
+/// Receives the events broadcast to one topic, in order. Dropping it unsubscribes.
+///
+/// Events arrive as `Arc<Event>`: every subscriber shares the broadcast's one copy. Read
+/// them with [`recv`](Self::recv), in batches with [`recv_many`](Self::recv_many), or as a
+/// [`Stream`] whose items report missed events as [`Lagged`] and which ends when the
+/// subscription does.
+pub struct Subscription {
+    hub: Hub,
+    channel: Arc<Channel>,
+    /// Whether the channel is registered in the hub; not for a subscription that was
+    /// ended before it began.
+    attached: bool,
+    /// Sequence number of the next event to read.
+    cursor: u64,
+    registration: Option<Registration>,
+    closed: Option<CloseReason>,
+}
+
+/// Why [`Subscription::recv`] returned no event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The subscriber's buffer overflowed and this many events were skipped
+    /// ([`LagPolicy::Skip`]); the next read goes on with the oldest event still held.
+    Lagged(u64),
+    /// The subscription has ended and will yield nothing more.
+    Closed(CloseReason),
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lagged(missed) => write!(f, "subscriber lagged and missed {missed} events"),
+            Self::Closed(reason) => write!(f, "subscription closed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+/// A [`Subscription`] stream item: this many events were skipped because the subscriber
+/// fell behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lagged(pub u64);
+
+impl fmt::Display for Lagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "subscriber lagged and missed {} events", self.0)
+    }
+}
+
+impl std::error::Error for Lagged {}
+
+impl Subscription {
+    pub(super) fn new(hub: Hub, channel: Arc<Channel>, cursor: u64) -> Self {
+        Self {
+            hub,
+            channel,
+            attached: true,
+            cursor,
+            registration: None,
+            closed: None,
+        }
+    }
+
+    pub(super) fn closed(hub: Hub, channel: Channel) -> Self {
+        Self {
+            channel: Arc::new(channel),
+            attached: false,
+            cursor: 0,
+            registration: None,
+            closed: Some(CloseReason::HubClosed),
+            hub,
+        }
+    }
+
+    /// The topic this subscription listens to.
+    pub fn topic(&self) -> &str {
+        &self.channel.topic
+    }
+
+    /// Why the subscription ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Waits for the next event.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] once after events were skipped, and [`RecvError::Closed`]
+    /// when the subscription has ended.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, RecvError> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Waits until at least one event is available, then appends up to `limit` of them to
+    /// `buffer` and returns how many: one lock for the whole batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn recv_many(
+        &mut self,
+        buffer: &mut Vec<Arc<Event>>,
+        limit: usize,
+    ) -> Result<usize, RecvError> {
+        poll_fn(|cx| self.poll_recv_many(cx, buffer, limit)).await
+    }
+
+    /// Polls for the next event; the waker is woken when one arrives.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Arc<Event>, RecvError>> {
+        let mut received = None;
+        self.poll_read(cx, 1, |event| received = Some(event))
+            .map_ok(|_| received.expect("a read of one event delivers one event"))
+    }
+
+    /// Polls for a batch of events, as [`recv_many`](Self::recv_many).
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer: &mut Vec<Arc<Event>>,
+        limit: usize,
+    ) -> Poll<Result<usize, RecvError>> {
+        if limit == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_read(cx, limit, |event| buffer.push(event))
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        deliver: impl FnMut(Arc<Event>),
+    ) -> Poll<Result<usize, RecvError>> {
+        if let Some(reason) = self.closed {
+            return Poll::Ready(Err(RecvError::Closed(reason)));
+        }
+        let mut channel = lock(&self.channel.state);
+        match channel.read(&mut self.cursor, limit, deliver) {
+            Read::Events(count) => Poll::Ready(Ok(count)),
+            Read::Lagged(missed) => {
+                drop(channel);
+                Poll::Ready(Err(self.lagged(missed)))
+            }
+            Read::Empty => match channel.closed {
+                Some(reason) => {
+                    self.closed = Some(reason);
+                    Poll::Ready(Err(RecvError::Closed(reason)))
+                }
+                None => {
+                    channel.waiters.register(&mut self.registration, cx.waker());
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn lagged(&mut self, missed: u64) -> RecvError {
+        let inner = &self.hub.inner;
+        let shard = inner.shard(self.channel.hash);
+        shard.dropped.fetch_add(missed, Ordering::Relaxed);
+        match inner.lag_policy {
+            LagPolicy::Skip => RecvError::Lagged(missed),
+            LagPolicy::Disconnect => {
+                shard.lag_disconnects.fetch_add(1, Ordering::Relaxed);
+                self.closed = Some(CloseReason::Lagged);
+                RecvError::Closed(CloseReason::Lagged)
+            }
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Arc<Event>, Lagged>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx).map(|result| match result {
+            Ok(event) => Some(Ok(event)),
+            Err(RecvError::Lagged(missed)) => Some(Err(Lagged(missed))),
+            Err(RecvError::Closed(_)) => None,
+        })
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic())
+            .field("cursor", &self.cursor)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.attached {
+            return;
+        }
+        let shard = self.hub.inner.shard(self.channel.hash);
+        let missed = {
+            let mut state = lock(&shard.state);
+            let mut channel = lock(&self.channel.state);
+            channel.waiters.remove(self.registration);
+            let missed = channel.leave(self.cursor);
+            let last = channel.subscribers == 0;
+            drop(channel);
+            state.subscribers -= 1;
+            if last
+                && let Ok(entry) = state
+                    .topics
+                    .find_entry(self.channel.hash, |c| Arc::ptr_eq(c, &self.channel))
+            {
+                entry.remove();
+            }
+            missed
+        };
+        // A subscription closed for lagging has counted its loss already.
+        let missed = if self.closed.is_some() { 0 } else { missed };
+        shard.dropped.fetch_add(missed, Ordering::Relaxed);
+    }
+}

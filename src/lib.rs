@@ -1,0 +1,77 @@
+//! `tower-fanout` turns a tower/hyper HTTP stack into a real-time push server.
+//!
+//! Its heart is the [`Hub`]: a lock-sharded, topic-keyed fan-out of [`Event`]s.
+//! [`Hub::broadcast`] is a plain function that reaches every current [`Subscription`] of a
+//! topic without ever waiting for one; each event is stored once and shared by all
+//! subscribers, and its Server-Sent-Events wire form is encoded once.
+//!
+//! # Quick start
+//!
+//! ```
+//! use tower_fanout::{Event, Hub};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = Hub::new();
+//! let mut device = hub.subscribe("device-42");
+//!
+//! // From anywhere: a request handler, a background job, another thread.
+//! let reached = hub.broadcast("device-42", Event::new(r#"{"task":7}"#).event("task.cancelled")?);
+//! assert_eq!(reached, 1);
+//!
+//! let event = device.recv().await?;
+//! assert_eq!(event.event_type(), Some("task.cancelled"));
+//! assert_eq!(&event.to_sse()[..], b"event: task.cancelled\ndata: {\"task\":7}\n\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Slow subscribers
+//!
+//! Publishing never waits. Each topic keeps a bounded ring of its latest events
+//! ([`HubBuilder::buffer`]); a subscriber that falls a whole ring behind is handled by the
+//! [`LagPolicy`]: it skips the oldest events and is told how many, or it is disconnected.
+//! Memory stays bounded whatever the subscribers do.
+
+#![warn(
+    clippy::all,
+    clippy::dbg_macro,
+    clippy::todo,
+    clippy::mem_forget,
+    clippy::unused_self,
+    clippy::needless_continue,
+    clippy::needless_borrow,
+    clippy::match_wildcard_for_single_variants,
+    clippy::if_let_mutex,
+    clippy::await_holding_lock,
+    clippy::imprecise_flops,
+    clippy::suboptimal_flops,
+    clippy::lossy_float_literal,
+    clippy::rest_pat_in_fully_bound_structs,
+    clippy::fn_params_excessive_bools,
+    clippy::exit,
+    clippy::inefficient_to_string,
+    clippy::linkedlist,
+    clippy::macro_use_imports,
+    clippy::option_option,
+    clippy::verbose_file_reads,
+    clippy::unnested_or_patterns,
+    rust_2018_idioms,
+    future_incompatible,
+    nonstandard_style,
+    missing_docs,
+    missing_debug_implementations
+)]
+#![deny(unreachable_pub, unsafe_code)]
+#![cfg_attr(test, allow(clippy::float_cmp))]
+
+mod event;
+pub mod hub;
+pub mod sse;
+
+pub use event::{Event, InvalidEvent};
+pub use hub::{CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Stats, Subscription};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct ReadmeDoctests;

@@ -1,0 +1,289 @@
+//! The hub seen from outside: many subscribers, slow subscribers, concurrency, shutdown.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::time::timeout;
+use tower_fanout::{CloseReason, Event, Hub, LagPolicy, Lagged, RecvError, Subscription};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Reads without waiting: `Pending` means nothing is there now.
+fn poll_once(subscription: &mut Subscription) -> Poll<Result<Arc<Event>, RecvError>> {
+    subscription.poll_recv(&mut Context::from_waker(Waker::noop()))
+}
+
+fn data(event: &Event) -> &str {
+    std::str::from_utf8(event.data()).expect("test data is text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_subscribers_receive_every_broadcast_in_order() {
+    const SUBSCRIBERS: usize = 10_000;
+    const BROADCASTS: usize = 1_000;
+    let hub = Hub::builder().buffer(BROADCASTS).build();
+
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut subscription = hub.subscribe("crowd");
+            tokio::spawn(async move {
+                let mut received = 0;
+                for expected in 0..BROADCASTS {
+                    let event = subscription.recv().await.expect("no lag, no close");
+                    assert_eq!(data(&event), expected.to_string(), "in order");
+                    received += 1;
+                }
+                received
+            })
+        })
+        .collect();
+
+    // Published from a plain thread, outside the runtime.
+    let publisher = {
+        let hub = hub.clone();
+        std::thread::spawn(move || {
+            (0..BROADCASTS)
+                .map(|i| hub.broadcast("crowd", i.to_string()))
+                .collect::<Vec<_>>()
+        })
+    };
+
+    for reader in readers {
+        let received = timeout(WAIT, reader)
+            .await
+            .expect("in time")
+            .expect("no panic");
+        assert_eq!(received, BROADCASTS);
+    }
+    let reached = publisher.join().expect("publisher finished");
+    assert!(reached.iter().all(|&n| n == SUBSCRIBERS));
+    let stats = hub.stats();
+    assert_eq!(stats.broadcasts, BROADCASTS as u64);
+    assert_eq!(stats.deliveries, (SUBSCRIBERS * BROADCASTS) as u64);
+    assert_eq!(stats.dropped, 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_stays_at_its_bound_and_delays_no_one() {
+    const BUFFER: usize = 16;
+    const BROADCASTS: usize = 10_000;
+    let hub = Hub::builder().buffer(BUFFER).build();
+    let mut idle = hub.subscribe("feed");
+    let mut reader = hub.subscribe("feed");
+
+    for i in 0..BROADCASTS {
+        assert_eq!(hub.broadcast("feed", i.to_string()), 2);
+        let event = timeout(WAIT, reader.recv())
+            .await
+            .expect("in time")
+            .expect("kept up");
+        assert_eq!(data(&event), i.to_string());
+    }
+
+    // The idle subscriber holds only the last BUFFER events and is told what it missed.
+    let missed = (BROADCASTS - BUFFER) as u64;
+    assert_eq!(idle.recv().await, Err(RecvError::Lagged(missed)));
+    for i in BROADCASTS - BUFFER..BROADCASTS {
+        let event = idle.recv().await.expect("retained");
+        assert_eq!(data(&event), i.to_string());
+    }
+    assert!(
+        poll_once(&mut idle).is_pending(),
+        "nothing beyond the bound"
+    );
+    assert_eq!(hub.stats().dropped, missed);
+}
+
+#[tokio::test]
+async fn the_disconnect_policy_ends_only_the_lagging_subscription() {
+    let hub = Hub::builder()
+        .buffer(4)
+        .lag_policy(LagPolicy::Disconnect)
+        .build();
+    let mut slow = hub.subscribe("t");
+    let mut fast = hub.subscribe("t");
+
+    for i in 0..5 {
+        hub.broadcast("t", i.to_string());
+        let event = fast.recv().await.expect("fast keeps up");
+        assert_eq!(data(&event), i.to_string());
+    }
+    assert_eq!(
+        slow.recv().await,
+        Err(RecvError::Closed(CloseReason::Lagged))
+    );
+    assert_eq!(slow.close_reason(), Some(CloseReason::Lagged));
+    assert_eq!(
+        slow.recv().await,
+        Err(RecvError::Closed(CloseReason::Lagged))
+    );
+
+    assert_eq!(
+        hub.broadcast("t", "after"),
+        2,
+        "still counted until dropped"
+    );
+    assert_eq!(data(&fast.recv().await.expect("fast goes on")), "after");
+    drop(slow);
+    assert_eq!(hub.broadcast("t", "later"), 1);
+    let stats = hub.stats();
+    assert_eq!(stats.lag_disconnects, 1);
+    assert_eq!(stats.dropped, 1);
+}
+
+#[tokio::test]
+async fn the_stream_reports_lag_as_an_item_and_ends_on_close() {
+    let hub = Hub::builder().buffer(2).build();
+    let mut subscription = hub.subscribe("s");
+    for i in 0..5 {
+        hub.broadcast("s", i.to_string());
+    }
+    hub.close();
+
+    let mut items = Vec::new();
+    let collect = std::future::poll_fn(|cx| {
+        loop {
+            match Pin::new(&mut subscription).poll_next(cx) {
+                Poll::Ready(Some(item)) => items.push(item.map(|event| data(&event).to_owned())),
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    timeout(WAIT, collect).await.expect("the stream ends");
+    assert_eq!(
+        items,
+        [Err(Lagged(3)), Ok("3".to_owned()), Ok("4".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_waiting_subscribers_after_what_was_queued() {
+    let hub = Hub::new();
+    let waiting: Vec<_> = (0..100)
+        .map(|i| {
+            let mut subscription = hub.subscribe(&format!("topic-{}", i % 10));
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    match subscription.recv().await {
+                        Ok(event) => seen.push(data(&event).to_owned()),
+                        Err(error) => return (seen, error),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for i in 0..10 {
+        assert_eq!(hub.broadcast(&format!("topic-{i}"), "last words"), 10);
+    }
+    hub.close();
+    assert!(hub.is_closed());
+    assert_eq!(hub.broadcast("topic-0", "too late"), 0);
+    let mut late = hub.subscribe("topic-0");
+    assert_eq!(
+        late.recv().await,
+        Err(RecvError::Closed(CloseReason::HubClosed))
+    );
+    drop(late);
+
+    for task in waiting {
+        let (seen, error) = timeout(WAIT, task)
+            .await
+            .expect("ended in time")
+            .expect("no panic");
+        assert_eq!(seen, ["last words"]);
+        assert_eq!(error, RecvError::Closed(CloseReason::HubClosed));
+    }
+    let stats = hub.stats();
+    assert_eq!((stats.topics, stats.subscribers), (0, 0));
+}
+
+/// A small deterministic generator, so that a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn concurrent_subscribe_unsubscribe_and_broadcast_leave_nothing_behind() {
+    const THREADS: u64 = 4;
+    const STEPS: usize = 20_000;
+    const TOPICS: u64 = 8;
+    let hub = Hub::builder().shards(4).buffer(8).build();
+
+    let reached: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|seed| {
+                let hub = hub.clone();
+                scope.spawn(move || {
+                    let mut rng = Lcg(seed);
+                    let mut held: Vec<Subscription> = Vec::new();
+                    let mut reached = 0;
+                    for _ in 0..STEPS {
+                        let topic = format!("t{}", rng.below(TOPICS));
+                        match rng.below(4) {
+                            0 => held.push(hub.subscribe(&topic)),
+                            1 if !held.is_empty() => {
+                                let index = rng.below(held.len() as u64) as usize;
+                                held.swap_remove(index);
+                            }
+                            2 => reached += hub.broadcast(&topic, "x"),
+                            _ => {
+                                for subscription in &mut held {
+                                    let _ = poll_once(subscription);
+                                }
+                            }
+                        }
+                    }
+                    reached
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("no panic"))
+            .sum()
+    });
+
+    let stats = hub.stats();
+    assert_eq!((stats.topics, stats.subscribers), (0, 0), "{stats:?}");
+    assert_eq!(stats.deliveries, reached as u64);
+    assert!(reached > 0, "the run exercised delivery");
+}
+
+#[tokio::test]
+async fn an_event_is_let_go_once_every_subscriber_has_read_it() {
+    let hub = Hub::new();
+    let mut first = hub.subscribe("t");
+    let mut second = hub.subscribe("t");
+    hub.broadcast("t", "shared");
+
+    let a = first.recv().await.expect("delivered");
+    assert_eq!(
+        Arc::strong_count(&a),
+        2,
+        "the hub still holds it for the second reader"
+    );
+    let b = second.recv().await.expect("delivered");
+    assert!(Arc::ptr_eq(&a, &b), "one copy shared by both");
+    assert_eq!(Arc::strong_count(&a), 2, "only the two readers hold it now");
+
+    // A subscriber that leaves without reading releases its claim as well.
+    hub.broadcast("t", "unread by second");
+    let c = first.recv().await.expect("delivered");
+    assert_eq!(Arc::strong_count(&c), 2);
+    drop(second);
+    assert_eq!(Arc::strong_count(&c), 1);
+}
