@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::sse;
+use crate::sse::encode;
 
 /// One message to fan out: its data and, for Server-Sent Events, an optional type, id and
 /// reconnection hint.
@@ -131,7 +131,7 @@ impl Event {
     /// Encoded on the first call and shared afterwards: every SSE subscriber of a
     /// broadcast gets a cheap clone of the same bytes.
     pub fn to_sse(&self) -> Bytes {
-        self.sse.get_or_init(|| sse::encode(self)).clone()
+        self.sse.get_or_init(|| encode::encode(self)).clone()
     }
 }
 

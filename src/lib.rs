@@ -65,12 +65,23 @@
 #![deny(unreachable_pub, unsafe_code)]
 #![cfg_attr(test, allow(clippy::float_cmp))]
 
+mod body;
 mod event;
+mod future;
 pub mod hub;
+mod layer;
+mod reject;
+mod service;
 pub mod sse;
+pub mod ws;
 
+pub use body::ResponseBody;
 pub use event::{Event, InvalidEvent};
+pub use future::ResponseFuture;
 pub use hub::{CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Stats, Subscription};
+pub use layer::StreamLayer;
+pub use reject::Rejection;
+pub use service::StreamService;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

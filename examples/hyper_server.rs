@@ -1,0 +1,139 @@
+//! A push server on a bare hyper-util server: a demo page, a stream endpoint answering
+//! WebSocket and Server-Sent Events, and a publish endpoint.
+//!
+//! ```sh
+//! cargo run --example hyper_server             # listens on 127.0.0.1:3000
+//! ADDR=127.0.0.1:8080 cargo run --example hyper_server
+//! ```
+//!
+//! - `GET /`: a page that subscribes to a topic by WebSocket and by EventSource and shows
+//!   what arrives;
+//! - `GET /events/{topic}`: the stream endpoint, WebSocket or SSE by the request's headers;
+//! - `POST /publish/{topic}?event=TYPE`: broadcasts the body; answers with the number of
+//!   local subscribers reached.
+//!
+//! Try `curl -N -H 'Accept: text/event-stream' localhost:3000/events/demo` in one shell and
+//! `curl -d hello localhost:3000/publish/demo` in another.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tower_fanout::{Event, Hub, Rejection, StreamLayer};
+use tower_layer::Layer;
+use tower_service::Service;
+
+const PAGE: &str = include_str!("hyper_server.html");
+/// The largest body `POST /publish` accepts.
+const MAX_PUBLISH: usize = 64 * 1024;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr: SocketAddr = std::env::var("ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()?;
+    let hub = Hub::new();
+    let app = StreamLayer::new(hub.clone())
+        .path("/events/")
+        .topic(|parts| {
+            parts
+                .uri
+                .path()
+                .strip_prefix("/events/")
+                .filter(|topic| !topic.is_empty() && !topic.contains('/'))
+                .map(str::to_owned)
+                .ok_or_else(|| Rejection::new(StatusCode::NOT_FOUND, "use /events/{topic}"))
+        })
+        .layer(App { hub });
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            // Upgrades must be enabled for WebSockets.
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Everything that is not a stream: the page and the publish endpoint.
+#[derive(Clone)]
+struct App {
+    hub: Hub,
+}
+
+impl Service<Request<Incoming>> for App {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let hub = self.hub.clone();
+        Box::pin(async move { Ok(route(hub, request).await) })
+    }
+}
+
+async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/") => {
+            let mut response = text(StatusCode::OK, PAGE);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::POST, path) if path.starts_with("/publish/") => {
+            let topic = path.trim_start_matches("/publish/").to_owned();
+            let event_type = request.uri().query().and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("event="))
+                    .map(str::to_owned)
+            });
+            let data = match Limited::new(request.into_body(), MAX_PUBLISH)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large or broken\n"),
+            };
+            let mut event = Event::new(data);
+            if let Some(event_type) = event_type {
+                event = match event.event(&event_type) {
+                    Ok(event) => event,
+                    Err(error) => return text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+                };
+            }
+            text(
+                StatusCode::OK,
+                format!("{}\n", hub.broadcast(&topic, event)),
+            )
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}

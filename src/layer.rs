@@ -1,0 +1,272 @@
+//! [`StreamLayer`]: configuration of the stream endpoint, applied to an inner service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use tower_layer::Layer;
+
+use crate::service::StreamService;
+use crate::ws::Inbound;
+use crate::{Hub, Rejection};
+
+type TopicResolver = dyn Fn(&Parts) -> Result<String, Rejection> + Send + Sync;
+type MessageHandler = dyn Fn(Inbound<'_>) + Send + Sync;
+
+/// Answers WebSocket upgrades and Server-Sent-Events requests from a [`Hub`]; every other
+/// request passes through to the inner service untouched.
+///
+/// A WebSocket upgrade (a `GET` with `Upgrade: websocket`) or a `GET` whose `Accept`
+/// includes `text/event-stream` is resolved to a topic and subscribed to it: each event
+/// [`broadcast`](Hub::broadcast) to the topic reaches the connection, as a WebSocket frame
+/// carrying the event's data, or as a complete Server-Sent event.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_fanout::{Hub, Rejection, StreamLayer};
+///
+/// let hub = Hub::new();
+/// let layer = StreamLayer::new(hub.clone())
+///     .path("/events/")
+///     .topic(|parts| {
+///         parts
+///             .uri
+///             .path()
+///             .strip_prefix("/events/")
+///             .map(str::to_owned)
+///             .ok_or_else(|| Rejection::new(StatusCode::NOT_FOUND, "no topic"))
+///     })
+///     .on_message(|inbound| {
+///         // Echo to this one connection; never block here.
+///         let _ = inbound.connection().send(inbound.data().clone());
+///     });
+/// // `layer` wraps any tower service: `.layer(layer)` on an axum Router, or
+/// // `tower_layer::Layer::layer(&layer, service)`; see `examples/hyper_server.rs`.
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct StreamLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+pub(crate) struct Config {
+    pub(crate) hub: Hub,
+    pub(crate) path: Option<String>,
+    pub(crate) topic: Arc<TopicResolver>,
+    pub(crate) on_message: Option<Arc<MessageHandler>>,
+    pub(crate) origins: Vec<String>,
+    pub(crate) read_limit: usize,
+    pub(crate) write_timeout: Duration,
+    pub(crate) binary: bool,
+    pub(crate) keep_alive: Duration,
+    pub(crate) retry: Option<Duration>,
+}
+
+impl StreamLayer {
+    /// A layer serving streams from `hub`, with these defaults: every path; the topic from
+    /// the `topic` query parameter; same-origin browsers only; 32 KiB read limit; 10 s
+    /// write timeout; text frames; SSE keep-alive every 15 s, no `retry` hint.
+    ///
+    /// The subscriber buffer and lag policy are the hub's ([`Hub::builder`]).
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            config: Arc::new(Config {
+                hub,
+                path: None,
+                topic: Arc::new(topic_from_query),
+                on_message: None,
+                origins: Vec::new(),
+                read_limit: 32 * 1024,
+                write_timeout: Duration::from_secs(10),
+                binary: false,
+                keep_alive: Duration::from_secs(15),
+                retry: None,
+            }),
+        }
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        match Arc::get_mut(&mut self.config) {
+            Some(config) => f(config),
+            None => {
+                let mut config = Config::clone(&self.config);
+                f(&mut config);
+                self.config = Arc::new(config);
+            }
+        }
+        self
+    }
+
+    /// Intercepts stream requests only at this path; a path ending in `/` is a prefix
+    /// (`"/events/"` matches `/events/device-42`). Default: every path.
+    pub fn path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.configure(|config| config.path = Some(path))
+    }
+
+    /// How a request names its topic. The resolver sees the request's head (method, URI,
+    /// headers and extensions, so a layer in front can leave the authenticated user there)
+    /// and returns the topic, or a [`Rejection`] that answers the request.
+    ///
+    /// Default: the `topic` query parameter, 400 when absent.
+    pub fn topic<F>(self, resolver: F) -> Self
+    where
+        F: Fn(&Parts) -> Result<String, Rejection> + Send + Sync + 'static,
+    {
+        self.configure(|config| config.topic = Arc::new(resolver))
+    }
+
+    /// Called for each text or binary message a WebSocket client sends, in order, on the
+    /// connection's read loop.
+    ///
+    /// It must not block: the connection reads nothing else, and writes nothing, until it
+    /// returns. Hand long work to a task (`tokio::spawn`). [`Inbound`] gives the message,
+    /// the topic, the request's extensions, the hub and a handle that sends to this one
+    /// connection.
+    pub fn on_message<F>(self, handler: F) -> Self
+    where
+        F: Fn(Inbound<'_>) + Send + Sync + 'static,
+    {
+        self.configure(|config| config.on_message = Some(Arc::new(handler)))
+    }
+
+    /// Which browser origins may open a WebSocket, besides the page's own host.
+    ///
+    /// A request without `Origin` (not from a browser) and one whose origin host equals
+    /// the request's `Host` are always allowed. Otherwise the origin's host, or its
+    /// `scheme://host` when the pattern contains `://`, must match a pattern: a
+    /// case-insensitive glob where `*` stands for any characters; `"*"` allows every
+    /// origin. Refused upgrades get 403.
+    pub fn allowed_origins<I, P>(self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        let patterns = patterns.into_iter().map(Into::into).collect();
+        self.configure(|config| config.origins = patterns)
+    }
+
+    /// The largest message a WebSocket client may send, in bytes; a larger one closes the
+    /// connection with 1009 (message too big). Default: 32 KiB.
+    pub fn read_limit(self, bytes: usize) -> Self {
+        self.configure(|config| config.read_limit = bytes)
+    }
+
+    /// How long a write to a WebSocket client may take before the connection is closed.
+    /// Default: 10 s.
+    pub fn write_timeout(self, timeout: Duration) -> Self {
+        self.configure(|config| config.write_timeout = timeout)
+    }
+
+    /// Sends event data in binary frames instead of text frames. Default: text (data that
+    /// is not UTF-8 is sent in a binary frame either way).
+    pub fn binary(self, binary: bool) -> Self {
+        self.configure(|config| config.binary = binary)
+    }
+
+    /// How long a Server-Sent-Events stream may stay quiet before a comment is sent to
+    /// keep proxies from cutting it; at least 1 ms. Default: 15 s.
+    pub fn keep_alive(self, interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        self.configure(|config| config.keep_alive = interval)
+    }
+
+    /// The reconnection delay suggested to Server-Sent-Events clients (a `retry:` field at
+    /// the start of each stream). Default: none, the browser's own (about 3 s).
+    pub fn retry(self, retry: Duration) -> Self {
+        self.configure(|config| config.retry = Some(retry))
+    }
+}
+
+impl<S> Layer<S> for StreamLayer {
+    type Service = StreamService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StreamService::new(inner, Arc::clone(&self.config))
+    }
+}
+
+impl fmt::Debug for StreamLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamLayer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            path: self.path.clone(),
+            topic: Arc::clone(&self.topic),
+            on_message: self.on_message.clone(),
+            origins: self.origins.clone(),
+            read_limit: self.read_limit,
+            write_timeout: self.write_timeout,
+            binary: self.binary,
+            keep_alive: self.keep_alive,
+            retry: self.retry,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("origins", &self.origins)
+            .field("read_limit", &self.read_limit)
+            .field("write_timeout", &self.write_timeout)
+            .field("binary", &self.binary)
+            .field("keep_alive", &self.keep_alive)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub(crate) fn intercepts(&self, path: &str) -> bool {
+        match &self.path {
+            None => true,
+            Some(prefix) if prefix.ends_with('/') => path.starts_with(prefix.as_str()),
+            Some(exact) => path == exact,
+        }
+    }
+}
+
+/// The default topic resolver: the `topic` query parameter, percent-decoded.
+fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
+    parts
+        .uri
+        .query()
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix("topic="))
+        .and_then(percent_decode)
+        .filter(|topic| !topic.is_empty())
+        .ok_or_else(|| {
+            Rejection::new(
+                http::StatusCode::BAD_REQUEST,
+                "missing topic query parameter",
+            )
+        })
+}
+
+/// Decodes `%XX` escapes and `+`; `None` when the result is not UTF-8 or an escape is bad.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.bytes();
+    while let Some(byte) = rest.next() {
+        bytes.push(match byte {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [rest.next()?, rest.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            other => other,
+        });
+    }
+    String::from_utf8(bytes).ok()
+}

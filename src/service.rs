@@ -1,0 +1,101 @@
+//! [`StreamService`]: answers stream requests, passes the rest to the inner service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response, StatusCode, header};
+use tower_service::Service;
+
+use crate::body::{Prepared, ResponseBody};
+use crate::future::ResponseFuture;
+use crate::layer::Config;
+use crate::sse::SseBody;
+use crate::{Rejection, ws};
+
+/// The service made by a [`StreamLayer`](crate::StreamLayer) around `S`.
+#[derive(Clone, Debug)]
+pub struct StreamService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> StreamService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for StreamService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if !self.config.intercepts(request.uri().path()) {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+        if ws::is_upgrade_attempt(request.headers()) {
+            let (parts, _body) = request.into_parts();
+            let response = ws::accept(&self.config, parts).unwrap_or_else(Rejection::into_response);
+            return ResponseFuture::ready(response);
+        }
+        if wants_event_stream(&request) {
+            let (parts, _body) = request.into_parts();
+            let response =
+                sse_response(&self.config, &parts).unwrap_or_else(Rejection::into_response);
+            return ResponseFuture::ready(response);
+        }
+        ResponseFuture::inner(self.inner.call(request))
+    }
+}
+
+fn wants_event_stream<B>(request: &Request<B>) -> bool {
+    request.method() == Method::GET
+        && request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|media| {
+                media
+                    .split(';')
+                    .next()
+                    .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+            })
+}
+
+fn sse_response(
+    config: &Config,
+    parts: &http::request::Parts,
+) -> Result<Response<Prepared>, Rejection> {
+    let topic = (config.topic)(parts)?;
+    let subscription = config.hub.subscribe(&topic);
+    tracing::debug!(transport = "sse", %topic, "stream opened");
+    let body = SseBody::new(subscription, config.keep_alive, config.retry);
+    let mut response = Response::new(Prepared::Sse(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    Ok(response)
+}

@@ -1,0 +1,77 @@
+//! The body of a Server-Sent-Events response: a subscription's pre-encoded events, with a
+//! comment whenever the stream has been quiet for the keep-alive interval.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use tokio::time::{Instant, Sleep, sleep};
+
+use crate::{RecvError, Subscription};
+
+/// A comment line, which every client ignores: it keeps idle connections alive through
+/// proxies that cut quiet streams.
+const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
+
+pub(crate) struct SseBody {
+    subscription: Subscription,
+    /// Sent before any event: the `retry:` hint and a comment, so the stream opens at once.
+    opening: Option<Bytes>,
+    keep_alive: Duration,
+    quiet: Pin<Box<Sleep>>,
+}
+
+impl SseBody {
+    pub(crate) fn new(
+        subscription: Subscription,
+        keep_alive: Duration,
+        retry: Option<Duration>,
+    ) -> Self {
+        let opening = match retry {
+            Some(retry) => Bytes::from(format!(":ok\nretry: {}\n\n", retry.as_millis())),
+            None => Bytes::from_static(b":ok\n\n"),
+        };
+        Self {
+            subscription,
+            opening: Some(opening),
+            keep_alive,
+            quiet: Box::pin(sleep(keep_alive)),
+        }
+    }
+
+    fn sent(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.quiet.as_mut().reset(Instant::now() + self.keep_alive);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(opening) = this.opening.take() {
+            return this.sent(opening);
+        }
+        match this.subscription.poll_recv(cx) {
+            // One frame per event: the shared encoding goes out without a copy, and hyper
+            // gathers what is ready into one write.
+            Poll::Ready(Ok(event)) => this.sent(event.to_sse()),
+            Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                this.sent(Bytes::from(format!(": missed {missed} events\n\n")))
+            }
+            Poll::Ready(Err(RecvError::Closed(_))) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.quiet.as_mut().poll(cx));
+                this.sent(KEEP_ALIVE)
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The task that serves one WebSocket connection: subscription, client messages and
+//! direct sends in one loop.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::Extensions;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tracing::Instrument;
+
+use super::{Connection, DIRECT_QUEUE, Inbound, frame};
+use crate::layer::Config;
+use crate::{CloseReason, RecvError, Subscription};
+
+/// Events taken from the subscription per write: fed in one burst, flushed once.
+const BATCH: usize = 64;
+
+pub(super) async fn serve(
+    on_upgrade: OnUpgrade,
+    subscription: Subscription,
+    config: Arc<Config>,
+    extensions: Extensions,
+) {
+    let span = tracing::debug_span!("websocket", topic = subscription.topic());
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade failed"),
+        };
+        // The library's defaults buffer 128 KiB per connection; an idle push connection
+        // needs little, and the buffers grow when a message needs it.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(16 * 1024 + 4 * 1024 * 1024)
+            .max_message_size(Some(config.read_limit))
+            .max_frame_size(Some(config.read_limit));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        tracing::debug!("connection opened");
+        let close = run(socket, subscription, &config, &extensions).await;
+        tracing::debug!(code = close.map(u16::from), "connection closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Serves until the connection ends; returns the close code sent, if any.
+async fn run<S>(
+    mut socket: WebSocketStream<S>,
+    mut subscription: Subscription,
+    config: &Config,
+    extensions: &Extensions,
+) -> Option<CloseCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (direct, mut direct_rx) = mpsc::channel::<Bytes>(DIRECT_QUEUE);
+    let connection = Connection { direct };
+    let mut batch = Vec::with_capacity(BATCH);
+
+    let close = loop {
+        tokio::select! {
+            received = subscription.recv_many(&mut batch, BATCH) => match received {
+                Ok(_) => {
+                    let frames = batch.drain(..).map(|event| frame(event.data(), config.binary));
+                    if !write(&mut socket, frames, config).await {
+                        break Some((CloseCode::Again, "write timed out"));
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "subscriber lagged");
+                }
+                Err(RecvError::Closed(CloseReason::Lagged)) => {
+                    break Some((CloseCode::Policy, "too slow to keep up"));
+                }
+                Err(RecvError::Closed(_)) => break Some((CloseCode::Away, "server shutting down")),
+            },
+            Some(data) = direct_rx.recv() => {
+                if !write(&mut socket, std::iter::once(frame(&data, config.binary)), config).await {
+                    break Some((CloseCode::Again, "write timed out"));
+                }
+            }
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) => deliver(config, &subscription, extensions, &connection, Bytes::from(text), true),
+                Some(Ok(Message::Binary(data))) => deliver(config, &subscription, extensions, &connection, data, false),
+                // The library queues the pong (or the close reply); send it now.
+                Some(Ok(Message::Ping(_) | Message::Close(_))) => {
+                    if timeout(config.write_timeout, socket.flush()).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Err(Error::Capacity(_))) => break Some((CloseCode::Size, "message too big")),
+                Some(Err(Error::Utf8(_))) => break Some((CloseCode::Invalid, "invalid UTF-8")),
+                Some(Err(Error::Protocol(_))) => break Some((CloseCode::Protocol, "protocol error")),
+                // The client closed, or the connection is gone.
+                Some(Err(_)) | None => break None,
+            },
+        }
+    };
+
+    let (code, reason) = close?;
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // Best effort: a peer that stopped reading cannot receive it anyway.
+    let _ = timeout(config.write_timeout, socket.close(Some(frame))).await;
+    Some(code)
+}
+
+/// Feeds every frame, then flushes once. False when the write failed or timed out.
+async fn write<S>(
+    socket: &mut WebSocketStream<S>,
+    frames: impl Iterator<Item = Message>,
+    config: &Config,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let burst = async {
+        for frame in frames {
+            socket.feed(frame).await?;
+        }
+        socket.flush().await
+    };
+    matches!(timeout(config.write_timeout, burst).await, Ok(Ok(())))
+}
+
+fn deliver(
+    config: &Config,
+    subscription: &Subscription,
+    extensions: &Extensions,
+    connection: &Connection,
+    data: Bytes,
+    text: bool,
+) {
+    if let Some(handler) = &config.on_message {
+        handler(Inbound {
+            data,
+            text,
+            topic: subscription.topic(),
+            extensions,
+            hub: &config.hub,
+            connection,
+        });
+    }
+}

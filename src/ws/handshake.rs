@@ -1,0 +1,101 @@
+//! Validation of a WebSocket opening handshake (RFC 6455, section 4.2.1).
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::Rejection;
+
+/// Whether the request asks for a WebSocket at all: it names the protocol in `Upgrade`, or
+/// carries a key. Such a request is answered by the layer, with a refusal if malformed.
+pub(crate) fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::UPGRADE, "websocket")
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Checks the handshake and returns the `Sec-WebSocket-Accept` value.
+pub(crate) fn validate(parts: &Parts) -> Result<HeaderValue, Rejection> {
+    if parts.method != Method::GET {
+        return Err(Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket upgrade must use GET",
+        )
+        .with_header(header::ALLOW, "GET"));
+    }
+    if parts.version != Version::HTTP_11 {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    let headers = &parts.headers;
+    if !has_token(headers, &header::CONNECTION, "upgrade")
+        || !has_token(headers, &header::UPGRADE, "websocket")
+    {
+        return Err(Rejection::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "a WebSocket upgrade needs `Connection: upgrade` and `Upgrade: websocket`",
+        )
+        .with_header(header::UPGRADE, "websocket"));
+    }
+    if single(headers, &header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported Sec-WebSocket-Version: only 13 is supported",
+        )
+        .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
+    }
+    let key = single(headers, &header::SEC_WEBSOCKET_KEY)
+        .filter(|key| is_valid_key(key.as_bytes()))
+        .ok_or_else(|| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            )
+        })?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| {
+        Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode the accept key",
+        )
+    })
+}
+
+/// The header's value when it appears exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
+}
+
+/// Whether a comma-separated header lists `token`, case-insensitively.
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// A base64 encoding of 16 bytes: 22 characters of the alphabet and `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_key;
+
+    #[test]
+    fn keys() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
+        assert!(!is_valid_key(b"c2hvcnQ="));
+    }
+}

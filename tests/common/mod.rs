@@ -1,0 +1,197 @@
+//! Real servers and clients on 127.0.0.1 for the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The application behind the layer: answers every request with its path.
+#[derive(Clone, Debug)]
+pub struct Inner;
+
+impl<B> Service<Request<B>> for Inner {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let body = format!("inner {}", request.uri().path());
+        Box::pin(async move { Ok(Response::new(body)) })
+    }
+}
+
+/// Serves `service` with hyper-util's auto builder, upgrades enabled; returns the address.
+pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until `condition` holds, checking every few milliseconds, for at most `WAIT`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends a raw HTTP/1.1 request and returns the status code and the whole response text.
+pub async fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
+/// An event as an SSE client reads it: type (or "message") and data.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// A Server-Sent-Events client over a plain TCP socket, reading a chunked response.
+pub struct SseClient {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    pub headers: String,
+    body: Vec<u8>,
+}
+
+impl SseClient {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut client = Self {
+            stream,
+            raw: Vec::new(),
+            headers: String::new(),
+            body: Vec::new(),
+        };
+        while !client.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            client.fill().await;
+        }
+        let end = client
+            .raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head")
+            + 4;
+        client.headers = String::from_utf8_lossy(&client.raw[..end]).into_owned();
+        client.raw.drain(..end);
+        client
+    }
+
+    async fn fill(&mut self) {
+        let mut buf = [0; 4096];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("data in time")
+            .expect("read");
+        assert!(n > 0, "stream ended early");
+        self.raw.extend_from_slice(&buf[..n]);
+    }
+
+    /// Moves complete chunks of the chunked encoding into the body.
+    fn dechunk(&mut self) {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.raw[..line_end]).expect("size"),
+                16,
+            )
+            .expect("chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            let start = line_end + 2;
+            self.body.extend_from_slice(&self.raw[start..start + size]);
+            self.raw.drain(..start + size + 2);
+        }
+    }
+
+    /// The next event, skipping comments.
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            self.dechunk();
+            while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.body.drain(..end + 2).collect();
+                let block = String::from_utf8(block).expect("utf-8");
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event: ") {
+                        event.event = value.into();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(value);
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return event;
+                }
+            }
+            self.fill().await;
+        }
+    }
+}
