@@ -33,7 +33,13 @@ pub(super) async fn serve(
     async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
-            Err(error) => return tracing::debug!(%error, "upgrade failed"),
+            Err(error) => {
+                return tracing::warn!(
+                    %error,
+                    "the server did not hand over the upgraded connection; serve it with \
+                     upgrades enabled (hyper-util's serve_connection_with_upgrades, axum::serve)"
+                );
+            }
         };
         // The library's defaults buffer 128 KiB per connection; an idle push connection
         // needs little, and the buffers grow when a message needs it.

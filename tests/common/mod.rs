@@ -5,8 +5,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tower_fanout::{Event, Hub, StreamLayer};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -194,4 +199,118 @@ impl SseClient {
             self.fill().await;
         }
     }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(url: &str) -> Ws {
+    let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake in time")
+        .expect("handshake accepted");
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+pub async fn next_text(socket: &mut Ws) -> String {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
+/// A layer on `/events` whose `on_message` records each text message and echoes it to
+/// the sender.
+pub fn recording_layer(hub: Hub) -> (StreamLayer, Arc<Mutex<Vec<String>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let layer = {
+        let received = Arc::clone(&received);
+        StreamLayer::new(hub)
+            .path("/events")
+            .on_message(move |inbound| {
+                let text = inbound.text().unwrap_or_default().to_owned();
+                let _ = inbound.connection().send(format!("echo {text}"));
+                received.lock().expect("not poisoned").push(text);
+            })
+    };
+    (layer, received)
+}
+
+/// The clients of [`assert_fan_out`], kept open until dropped.
+pub struct Clients(Vec<Ws>, Vec<SseClient>);
+
+/// Two WebSocket and two SSE clients on topic `a` and one SSE client on `b`, against a
+/// server running [`recording_layer`]: broadcasts reach exactly the right clients, in
+/// order; inbound messages reach `on_message` in order and its replies only the sender.
+pub async fn assert_fan_out(addr: SocketAddr, hub: &Hub, received: &Mutex<Vec<String>>) -> Clients {
+    let before = hub.stats().subscribers;
+    let url = format!("ws://{addr}/events?topic=a");
+    let mut ws1 = ws_connect(&url).await;
+    let mut ws2 = ws_connect(&url).await;
+    let mut sse1 = SseClient::connect(addr, "/events?topic=a").await;
+    let mut sse2 = SseClient::connect(addr, "/events?topic=a").await;
+    let mut other = SseClient::connect(addr, "/events?topic=b").await;
+    let head = sse1.headers.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(head.contains("x-accel-buffering: no"), "{head}");
+    wait_until("all five are subscribed", || {
+        hub.stats().subscribers == before + 5
+    })
+    .await;
+
+    for i in 0..3 {
+        let event = Event::new(format!("a{i}")).event("tick").expect("valid");
+        assert_eq!(hub.broadcast("a", event), 4);
+    }
+    assert_eq!(hub.broadcast("b", "b0"), 1);
+
+    for socket in [&mut ws1, &mut ws2] {
+        for i in 0..3 {
+            assert_eq!(next_text(socket).await, format!("a{i}"));
+        }
+    }
+    for client in [&mut sse1, &mut sse2] {
+        for i in 0..3 {
+            let event = client.next_event().await;
+            assert_eq!(
+                (event.event.as_str(), event.data),
+                ("tick", format!("a{i}"))
+            );
+        }
+    }
+    assert_eq!(
+        other.next_event().await.data,
+        "b0",
+        "b heard only its own topic"
+    );
+
+    for i in 0..3 {
+        ws1.send(Message::text(format!("m{i}")))
+            .await
+            .expect("send");
+    }
+    wait_until("three messages arrived", || {
+        received.lock().expect("not poisoned").len() == 3
+    })
+    .await;
+    assert_eq!(*received.lock().expect("not poisoned"), ["m0", "m1", "m2"]);
+    for i in 0..3 {
+        assert_eq!(next_text(&mut ws1).await, format!("echo m{i}"));
+    }
+    hub.broadcast("a", "after");
+    assert_eq!(
+        next_text(&mut ws2).await,
+        "after",
+        "ws2 got no echo before the next event"
+    );
+    assert_eq!(next_text(&mut ws1).await, "after");
+    Clients(vec![ws1, ws2], vec![sse1, sse2, other])
 }
