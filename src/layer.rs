@@ -22,6 +22,11 @@ type MessageHandler = dyn Fn(Inbound<'_>) + Send + Sync;
 /// [`broadcast`](Hub::broadcast) to the topic reaches the connection, as a WebSocket frame
 /// carrying the event's data, or as a complete Server-Sent event.
 ///
+/// Each stream runs in a `tracing` span named `stream` with its transport, topic and, when
+/// a layer in front put the client's `SocketAddr` in the request's extensions, its peer
+/// address; opening, closing (with the close code and reason) and lag are logged at
+/// debug level, and nothing is logged per delivered event.
+///
 /// ```
 /// use http::StatusCode;
 /// use tower_fanout::{Hub, Rejection, StreamLayer};

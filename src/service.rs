@@ -82,9 +82,15 @@ fn sse_response(
     parts: &http::request::Parts,
 ) -> Result<Response<Prepared>, Rejection> {
     let topic = (config.topic)(parts)?;
+    let span = tracing::debug_span!(
+        "stream",
+        transport = "sse",
+        %topic,
+        peer = peer(&parts.extensions).map(tracing::field::display),
+    );
+    span.in_scope(|| tracing::debug!("stream opened"));
     let subscription = config.hub.subscribe(&topic);
-    tracing::debug!(transport = "sse", %topic, "stream opened");
-    let body = SseBody::new(subscription, config.keep_alive, config.retry);
+    let body = SseBody::new(subscription, config.keep_alive, config.retry, span);
     let mut response = Response::new(Prepared::Sse(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -98,4 +104,10 @@ fn sse_response(
     );
     headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// The client's address, when the server put a `SocketAddr` in the request's extensions
+/// (hyper does not; a small layer or `map_request` in front can).
+pub(crate) fn peer(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions.get().copied()
 }

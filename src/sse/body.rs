@@ -22,6 +22,7 @@ pub(crate) struct SseBody {
     opening: Option<Bytes>,
     keep_alive: Duration,
     quiet: Pin<Box<Sleep>>,
+    span: tracing::Span,
 }
 
 impl SseBody {
@@ -29,6 +30,7 @@ impl SseBody {
         subscription: Subscription,
         keep_alive: Duration,
         retry: Option<Duration>,
+        span: tracing::Span,
     ) -> Self {
         let opening = match retry {
             Some(retry) => Bytes::from(format!(":ok\nretry: {}\n\n", retry.as_millis())),
@@ -39,6 +41,7 @@ impl SseBody {
             opening: Some(opening),
             keep_alive,
             quiet: Box::pin(sleep(keep_alive)),
+            span,
         }
     }
 
@@ -65,13 +68,25 @@ impl Body for SseBody {
             // gathers what is ready into one write.
             Poll::Ready(Ok(event)) => this.sent(event.to_sse()),
             Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                this.span
+                    .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
                 this.sent(Bytes::from(format!(": missed {missed} events\n\n")))
             }
-            Poll::Ready(Err(RecvError::Closed(_))) => Poll::Ready(None),
+            Poll::Ready(Err(RecvError::Closed(reason))) => {
+                this.span
+                    .in_scope(|| tracing::debug!(%reason, "stream ended by the server"));
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 ready!(this.quiet.as_mut().poll(cx));
                 this.sent(KEEP_ALIVE)
             }
         }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        self.span.in_scope(|| tracing::debug!("stream closed"));
     }
 }

@@ -29,7 +29,12 @@ pub(super) async fn serve(
     config: Arc<Config>,
     extensions: Extensions,
 ) {
-    let span = tracing::debug_span!("websocket", topic = subscription.topic());
+    let span = tracing::debug_span!(
+        "stream",
+        transport = "websocket",
+        topic = subscription.topic(),
+        peer = crate::service::peer(&extensions).map(tracing::field::display),
+    );
     async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -53,20 +58,24 @@ pub(super) async fn serve(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         tracing::debug!("connection opened");
-        let close = run(socket, subscription, &config, &extensions).await;
-        tracing::debug!(code = close.map(u16::from), "connection closed");
+        match run(socket, subscription, &config, &extensions).await {
+            Some((code, reason)) => {
+                tracing::debug!(code = u16::from(code), reason, "connection closed")
+            }
+            None => tracing::debug!("connection closed by the client"),
+        }
     }
     .instrument(span)
     .await;
 }
 
-/// Serves until the connection ends; returns the close code sent, if any.
+/// Serves until the connection ends; returns the close code and reason sent, if any.
 async fn run<S>(
     mut socket: WebSocketStream<S>,
     mut subscription: Subscription,
     config: &Config,
     extensions: &Extensions,
-) -> Option<CloseCode>
+) -> Option<(CloseCode, &'static str)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -84,7 +93,7 @@ where
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "subscriber lagged");
+                    tracing::debug!(missed, "lagged: events skipped");
                 }
                 Err(RecvError::Closed(CloseReason::Lagged)) => {
                     break Some((CloseCode::Policy, "too slow to keep up"));
@@ -122,7 +131,7 @@ where
     };
     // Best effort: a peer that stopped reading cannot receive it anyway.
     let _ = timeout(config.write_timeout, socket.close(Some(frame))).await;
-    Some(code)
+    Some((code, reason))
 }
 
 /// Feeds every frame, then flushes once. False when the write failed or timed out.
