@@ -69,3 +69,72 @@ async fn malformed_requests_get_a_status_and_a_reason() {
     }
     assert_eq!(hub.stats().subscribers, 0);
 }
+
+#[tokio::test]
+async fn options_shape_the_streams() {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .read_limit(1024)
+        .binary(true)
+        .keep_alive(Duration::from_millis(20))
+        .retry(Duration::from_millis(2500))
+        .allowed_origins(["https://*.example.com"]);
+    let addr = serve_hyper(layer.layer(Inner)).await;
+
+    // Binary frames carry the data.
+    let mut socket = common::ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+    hub.broadcast("t", "payload");
+    let frame = timeout(WAIT, socket.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("frame");
+    assert_eq!(frame, Message::binary(&b"payload"[..]));
+
+    // A message over the read limit closes that connection with 1009.
+    socket
+        .send(Message::binary(vec![0; 2048]))
+        .await
+        .expect("send");
+    let close = loop {
+        match timeout(WAIT, socket.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Size));
+    wait_until("the closed connection unsubscribed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+
+    // An allowed cross-site origin may connect.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}/?topic=t"
+        ))
+        .expect("request");
+    request.headers_mut().insert(
+        "origin",
+        http::HeaderValue::from_static("https://app.example.com"),
+    );
+    let (allowed, _) = timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("in time")
+        .expect("allowed");
+    drop(allowed);
+
+    // The SSE stream opens with the retry hint and keeps quiet streams alive.
+    let mut sse = common::SseClient::connect(addr, "/?topic=quiet").await;
+    let body = sse.body_until(b":\n\n").await;
+    let body = String::from_utf8(body).expect("text");
+    assert!(body.starts_with(":ok\nretry: 2500\n\n"), "{body:?}");
+}

@@ -169,6 +169,17 @@ impl SseClient {
         }
     }
 
+    /// Reads until the body so far contains `needle`.
+    pub async fn body_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        loop {
+            self.dechunk();
+            if self.body.windows(needle.len()).any(|w| w == needle) {
+                return std::mem::take(&mut self.body);
+            }
+            self.fill().await;
+        }
+    }
+
     /// The next event, skipping comments.
     pub async fn next_event(&mut self) -> SseEvent {
         loop {
