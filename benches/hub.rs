@@ -6,8 +6,9 @@
 //! - `fanout/*/{1,100,10000}`: bursts of events to one topic whose subscribers are tasks on
 //!   a two-worker runtime, draining; an iteration ends when every subscriber has received
 //!   the whole burst. Throughput is in deliveries.
-//! - `many_topics/idle/*`: two threads broadcasting round-robin over 10 000 distinct
-//!   topics, each with one subscriber that never reads. Throughput is in broadcasts.
+//! - `many_topics/idle/*/{16,256}`: two threads broadcasting round-robin over 10 000
+//!   distinct topics, each with one subscriber that never reads, with rings of 16 and of
+//!   256 events. Throughput is in broadcasts.
 //! - `many_topics/draining/*`: the same topics, each with one subscriber task reading; an
 //!   iteration is one event to every topic, ending when all are received. Throughput is in
 //!   deliveries.
@@ -149,17 +150,24 @@ fn fanout(c: &mut Criterion) {
 }
 
 /// What most hand-rolled hubs are: one broadcast sender per topic behind one global lock.
-#[derive(Default)]
 struct GlobalLockHub {
     topics: Mutex<HashMap<String, broadcast::Sender<Arc<Event>>>>,
+    capacity: usize,
 }
 
 impl GlobalLockHub {
+    fn new(capacity: usize) -> Self {
+        Self {
+            topics: Mutex::default(),
+            capacity,
+        }
+    }
+
     fn subscribe(&self, topic: &str) -> broadcast::Receiver<Arc<Event>> {
         let mut topics = self.topics.lock().expect("not poisoned");
         topics
             .entry(topic.to_owned())
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
             .subscribe()
     }
 
@@ -205,30 +213,33 @@ fn many_topics(c: &mut Criterion) {
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
 
     // Publishing alone: every topic has one subscriber that never reads, so both rings
-    // stay full and every broadcast evicts the oldest event.
+    // stay full and every broadcast evicts the oldest event. With 16-event rings the
+    // retained events fit in cache; with 256 they do not, and memory latency dominates.
     group.throughput(Throughput::Elements(THREADS as u64));
-    group.bench_function("idle/hub", |b| {
-        let hub = Hub::builder().buffer(CAPACITY).build();
-        let _subscriptions: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
-        b.iter_custom(|iters| {
-            timed(|| {
-                two_threads(iters, &names, &|topic| {
-                    hub.broadcast(topic, Event::new(payload.clone()))
+    for capacity in [16, CAPACITY] {
+        group.bench_function(BenchmarkId::new("idle/hub", capacity), |b| {
+            let hub = Hub::builder().buffer(capacity).build();
+            let _subscriptions: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
+            b.iter_custom(|iters| {
+                timed(|| {
+                    two_threads(iters, &names, &|topic| {
+                        hub.broadcast(topic, Event::new(payload.clone()))
+                    })
                 })
-            })
+            });
         });
-    });
-    group.bench_function("idle/global_lock", |b| {
-        let hub = GlobalLockHub::default();
-        let _receivers: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
-        b.iter_custom(|iters| {
-            timed(|| {
-                two_threads(iters, &names, &|topic| {
-                    hub.broadcast(topic, Event::new(payload.clone()))
+        group.bench_function(BenchmarkId::new("idle/global_lock", capacity), |b| {
+            let hub = GlobalLockHub::new(capacity);
+            let _receivers: Vec<_> = names.iter().map(|name| hub.subscribe(name)).collect();
+            b.iter_custom(|iters| {
+                timed(|| {
+                    two_threads(iters, &names, &|topic| {
+                        hub.broadcast(topic, Event::new(payload.clone()))
+                    })
                 })
-            })
+            });
         });
-    });
+    }
 
     // Publishing and delivering: every topic has one subscriber task reading as events
     // come; an iteration is one event to each topic, received by all.
@@ -260,7 +271,7 @@ fn many_topics(c: &mut Criterion) {
     });
     group.bench_function("draining/global_lock", |b| {
         let rt = runtime();
-        let hub = GlobalLockHub::default();
+        let hub = GlobalLockHub::new(CAPACITY);
         let (progress, finished) = Progress::new();
         for name in &names {
             let mut receiver = hub.subscribe(name);
