@@ -65,13 +65,16 @@ pub(crate) struct Config {
     pub(crate) write_timeout: Duration,
     pub(crate) binary: bool,
     pub(crate) keep_alive: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
     pub(crate) retry: Option<Duration>,
 }
 
 impl StreamLayer {
     /// A layer serving streams from `hub`, with these defaults: every path; the topic from
     /// the `topic` query parameter; same-origin browsers only; 32 KiB read limit; 10 s
-    /// write timeout; text frames; SSE keep-alive every 15 s, no `retry` hint.
+    /// write timeout; text frames; a ping every 30 s and 10 s more for silent clients;
+    /// SSE keep-alive every 15 s, no `retry` hint.
     ///
     /// The subscriber buffer and lag policy are the hub's ([`Hub::builder`]).
     pub fn new(hub: Hub) -> Self {
@@ -86,6 +89,8 @@ impl StreamLayer {
                 write_timeout: Duration::from_secs(10),
                 binary: false,
                 keep_alive: Duration::from_secs(15),
+                ping_interval: Duration::from_secs(30),
+                ping_timeout: Duration::from_secs(10),
                 retry: None,
             }),
         }
@@ -170,6 +175,21 @@ impl StreamLayer {
         self.configure(|config| config.binary = binary)
     }
 
+    /// How often the server pings each WebSocket client; at least 1 ms. Default: 30 s.
+    ///
+    /// A client that sends nothing at all, no pong and no message, for the ping interval
+    /// plus the [ping timeout](Self::ping_timeout) is closed (1001) and unsubscribed: this
+    /// is how a vanished peer, whose TCP connection is half open, is found.
+    pub fn ping_interval(self, interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        self.configure(|config| config.ping_interval = interval)
+    }
+
+    /// How long past a ping interval a silent WebSocket client is given. Default: 10 s.
+    pub fn ping_timeout(self, timeout: Duration) -> Self {
+        self.configure(|config| config.ping_timeout = timeout)
+    }
+
     /// How long a Server-Sent-Events stream may stay quiet before a comment is sent to
     /// keep proxies from cutting it; at least 1 ms. Default: 15 s.
     pub fn keep_alive(self, interval: Duration) -> Self {
@@ -212,6 +232,8 @@ impl Clone for Config {
             write_timeout: self.write_timeout,
             binary: self.binary,
             keep_alive: self.keep_alive,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
             retry: self.retry,
         }
     }
@@ -226,6 +248,8 @@ impl fmt::Debug for Config {
             .field("write_timeout", &self.write_timeout)
             .field("binary", &self.binary)
             .field("keep_alive", &self.keep_alive)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }

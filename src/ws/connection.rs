@@ -9,7 +9,7 @@ use http::Extensions;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -51,7 +51,9 @@ pub(super) async fn serve(
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
             .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(16 * 1024 + 4 * 1024 * 1024)
+            // Flushed after every burst, the buffer holds at most a burst; the bound only
+            // stops a connection whose writes fail from growing it.
+            .max_write_buffer_size(64 * 1024 * 1024)
             .max_message_size(Some(config.read_limit))
             .max_frame_size(Some(config.read_limit));
         let socket =
@@ -79,12 +81,23 @@ async fn run<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (direct, mut direct_rx) = mpsc::channel::<Bytes>(DIRECT_QUEUE);
+    let (direct, mut direct_rx) = mpsc::channel::<Message>(DIRECT_QUEUE);
     let connection = Connection { direct };
     let mut batch = Vec::with_capacity(BATCH);
+    let mut pings = interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let allowed_silence = config.ping_interval + config.ping_timeout;
+    let silence = sleep(allowed_silence);
+    tokio::pin!(silence);
 
     let close = loop {
         tokio::select! {
+            _ = pings.tick() => {
+                if !write(&mut socket, std::iter::once(Message::Ping(Bytes::new())), config).await {
+                    break Some((CloseCode::Again, "write timed out"));
+                }
+            }
+            () = &mut silence => break Some((CloseCode::Away, "ping timeout")),
             received = subscription.recv_many(&mut batch, BATCH) => match received {
                 Ok(_) => {
                     let frames = batch.drain(..).map(|event| frame(event.data(), config.binary));
@@ -100,14 +113,30 @@ where
                 }
                 Err(RecvError::Closed(_)) => break Some((CloseCode::Away, "server shutting down")),
             },
-            Some(data) = direct_rx.recv() => {
-                if !write(&mut socket, std::iter::once(frame(&data, config.binary)), config).await {
+            Some(first) = direct_rx.recv() => {
+                let queued = std::iter::from_fn(|| direct_rx.try_recv().ok());
+                if !write(&mut socket, std::iter::once(first).chain(queued), config).await {
                     break Some((CloseCode::Again, "write timed out"));
                 }
             }
-            message = socket.next() => match message {
-                Some(Ok(Message::Text(text))) => deliver(config, &subscription, extensions, &connection, Bytes::from(text), true),
-                Some(Ok(Message::Binary(data))) => deliver(config, &subscription, extensions, &connection, data, false),
+            message = socket.next() => {
+                if matches!(message, Some(Ok(_))) {
+                    silence.as_mut().reset(Instant::now() + allowed_silence);
+                }
+                match message {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let (data, text) = match message {
+                        Message::Text(text) => (Bytes::from(text), true),
+                        other => (other.into_data(), false),
+                    };
+                    deliver(config, &subscription, extensions, &connection, data, text);
+                    // Replies the handler queued go out before the next message is read,
+                    // so a client that sends faster than it reads cannot fill the queue.
+                    let replies: Vec<Message> = std::iter::from_fn(|| direct_rx.try_recv().ok()).collect();
+                    if !replies.is_empty() && !write(&mut socket, replies.into_iter(), config).await {
+                        break Some((CloseCode::Again, "write timed out"));
+                    }
+                }
                 // The library queues the pong (or the close reply); send it now.
                 Some(Ok(Message::Ping(_) | Message::Close(_))) => {
                     if timeout(config.write_timeout, socket.flush()).await.is_err() {
@@ -120,7 +149,7 @@ where
                 Some(Err(Error::Protocol(_))) => break Some((CloseCode::Protocol, "protocol error")),
                 // The client closed, or the connection is gone.
                 Some(Err(_)) | None => break None,
-            },
+            }},
         }
     };
 

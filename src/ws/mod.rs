@@ -137,7 +137,7 @@ impl fmt::Debug for Inbound<'_> {
 /// Sends to one WebSocket connection, outside of any topic.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    direct: mpsc::Sender<Bytes>,
+    pub(crate) direct: mpsc::Sender<Message>,
 }
 
 /// [`Connection::send`] could not queue the data.
@@ -162,18 +162,31 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {}
 
 impl Connection {
-    /// Queues `data` for this connection, framed as events are; never waits.
+    /// Queues `data` for this connection as a text frame, or a binary frame when it is not
+    /// UTF-8; never waits.
     ///
     /// # Errors
     ///
     /// [`SendError::Full`] when 64 frames already wait, [`SendError::Closed`] when the
     /// connection has ended.
     pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.direct
-            .try_send(data.into())
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            })
+        self.queue(frame(&data.into(), false))
+    }
+
+    /// Queues a text frame; never waits. Errors as [`send`](Self::send).
+    pub fn send_text(&self, text: impl Into<String>) -> Result<(), SendError> {
+        self.queue(Message::Text(text.into().into()))
+    }
+
+    /// Queues a binary frame; never waits. Errors as [`send`](Self::send).
+    pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.queue(Message::Binary(data.into()))
+    }
+
+    fn queue(&self, message: Message) -> Result<(), SendError> {
+        self.direct.try_send(message).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
     }
 }

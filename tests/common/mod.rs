@@ -169,6 +169,11 @@ impl SseClient {
         }
     }
 
+    /// The socket, for reading what is left.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Reads until the body so far contains `needle`.
     pub async fn body_until(&mut self, needle: &[u8]) -> Vec<u8> {
         loop {

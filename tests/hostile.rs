@@ -1,0 +1,377 @@
+//! Slow, silent, vanished and hostile clients: each is dealt with, the server goes on
+//! serving others, and the hub's subscribers return to zero.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tower_fanout::{Hub, LagPolicy, StreamLayer};
+use tower_layer::Layer;
+
+use common::{Inner, SseClient, WAIT, next_text, serve_hyper, wait_until, ws_connect};
+
+const HANDSHAKE: &str = "GET /?topic=t HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+    Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+async fn serve(layer: StreamLayer) -> SocketAddr {
+    serve_hyper(layer.layer(Inner)).await
+}
+
+/// A raw TCP client that has completed the opening handshake and does nothing else.
+async fn raw_upgraded(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(HANDSHAKE.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        timeout(WAIT, stream.read_exact(&mut byte))
+            .await
+            .expect("in time")
+            .expect("read");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// The close code of the first close frame the server sends on a raw socket.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let mut header = [0; 2];
+        timeout(WAIT, stream.read_exact(&mut header))
+            .await
+            .expect("in time")
+            .expect("a frame");
+        let len = match header[1] & 0x7f {
+            126 => u64::from(
+                timeout(WAIT, stream.read_u16())
+                    .await
+                    .expect("in time")
+                    .expect("len"),
+            ),
+            127 => timeout(WAIT, stream.read_u64())
+                .await
+                .expect("in time")
+                .expect("len"),
+            len => u64::from(len),
+        };
+        let mut payload = vec![0; usize::try_from(len).expect("small")];
+        timeout(WAIT, stream.read_exact(&mut payload))
+            .await
+            .expect("in time")
+            .expect("payload");
+        if header[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// A fresh client on its own topic is served while `hub`'s other subscribers are there.
+async fn assert_still_serves(addr: SocketAddr, hub: &Hub) {
+    let before = hub.stats().subscribers;
+    let mut probe = ws_connect(&format!("ws://{addr}/?topic=probe")).await;
+    wait_until("the probe is subscribed", || {
+        hub.stats().subscribers == before + 1
+    })
+    .await;
+    assert_eq!(hub.broadcast("probe", "alive"), 1);
+    assert_eq!(next_text(&mut probe).await, "alive");
+    drop(probe);
+    wait_until("the probe left", || hub.stats().subscribers == before).await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_by_the_heartbeat() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .ping_interval(Duration::from_millis(50))
+        .ping_timeout(Duration::from_millis(100));
+    let addr = serve(layer).await;
+
+    // Upgrades, then neither reads nor answers pings: a vanished phone.
+    let mut silent = raw_upgraded(addr).await;
+    wait_until("the silent peer is subscribed", || {
+        hub.stats().subscribers == 1
+    })
+    .await;
+    wait_until("the silent peer is dropped", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+    assert_eq!(close_code(&mut silent).await, 1001);
+
+    // A client that reads answers the pings and stays.
+    let mut alive = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    let mut pings = 0;
+    while pings < 5 {
+        match timeout(WAIT, alive.next()).await.expect("a ping in time") {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected pings, got {other:?}"),
+        }
+    }
+    assert_eq!(hub.broadcast("t", "still here"), 1);
+    assert_eq!(next_text(&mut alive).await, "still here");
+    drop(alive);
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_only_that_connection_with_the_right_code() {
+    let hub = Hub::new();
+    let addr = serve(StreamLayer::new(hub.clone())).await;
+    let mut bystander = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+
+    // Invalid UTF-8 in a text frame: 1007.
+    let mut client = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    let frame = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
+    client.send(Message::Frame(frame)).await.expect("send");
+    let close = loop {
+        match timeout(WAIT, client.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Invalid));
+
+    // An unmasked client frame: 1002.
+    let mut raw = raw_upgraded(addr).await;
+    raw.write_all(&[0x81, 0x02, b'h', b'i'])
+        .await
+        .expect("write");
+    assert_eq!(close_code(&mut raw).await, 1002);
+
+    // A ping flood is answered and harms no one.
+    let mut flooder = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    for _ in 0..10_000 {
+        flooder
+            .feed(Message::Ping(bytes::Bytes::from_static(b"flood")))
+            .await
+            .expect("feed");
+    }
+    flooder.flush().await.expect("flush");
+    wait_until("the violators are unsubscribed", || {
+        hub.stats().subscribers == 2
+    })
+    .await;
+    assert_eq!(hub.broadcast("t", "after the flood"), 2);
+    assert_eq!(next_text(&mut bystander).await, "after the flood");
+    assert_eq!(next_text(&mut flooder).await, "after the flood");
+
+    // A client that vanishes mid-frame.
+    let mut vanishing = raw_upgraded(addr).await;
+    wait_until("all are subscribed", || hub.stats().subscribers == 3).await;
+    vanishing
+        .write_all(&[0x82, 0xfe, 0x10])
+        .await
+        .expect("write");
+    drop(vanishing);
+
+    drop((client, raw, flooder));
+    wait_until("only the bystander is left", || {
+        hub.stats().subscribers == 1
+    })
+    .await;
+    drop(bystander);
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn malformed_handshakes_are_refused_with_a_reason() {
+    let hub = Hub::new();
+    let addr = serve(StreamLayer::new(hub.clone())).await;
+    let cases = [
+        (
+            HANDSHAKE.replace(
+                "Sec-WebSocket-Key: ",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: ",
+            ),
+            400,
+            "Sec-WebSocket-Key",
+        ),
+        (
+            HANDSHAKE.replace(
+                "Sec-WebSocket-Version: 13\r\n",
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            400,
+            "Sec-WebSocket-Version",
+        ),
+        (HANDSHAKE.replace("HTTP/1.1", "HTTP/1.0"), 400, "HTTP/1.1"),
+        (
+            HANDSHAKE.replace("Sec-WebSocket-Version: 13\r\n", ""),
+            400,
+            "Sec-WebSocket-Version",
+        ),
+        (
+            HANDSHAKE.replace(
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ),
+            400,
+            "Sec-WebSocket-Key",
+        ),
+        (
+            HANDSHAKE.replace("Upgrade: websocket\r\n", ""),
+            426,
+            "Upgrade: websocket",
+        ),
+    ];
+    for (request, status, reason) in cases {
+        let (code, text) = common::raw_request(
+            addr,
+            &request.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(code, status, "{request:?} -> {text}");
+        assert!(text.contains(reason), "{request:?} -> {text}");
+    }
+    assert_eq!(hub.stats().subscribers, 0);
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_delays_no_one() {
+    const EVENTS: usize = 100_000;
+    const CHUNK: usize = 500;
+    let hub = Hub::builder()
+        .buffer(1024)
+        .lag_policy(LagPolicy::Disconnect)
+        .build();
+    let layer = StreamLayer::new(hub.clone()).write_timeout(Duration::from_millis(500));
+    let addr = serve(layer).await;
+
+    let mut slow = raw_upgraded(addr).await;
+    let mut fast = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    let mut sse = SseClient::connect(addr, "/?topic=t").await;
+    wait_until("three subscribers", || hub.stats().subscribers == 3).await;
+    let rss_before = rss_kib();
+
+    let payload = "x".repeat(100);
+    for chunk in 0..EVENTS / CHUNK {
+        for i in 0..CHUNK {
+            hub.broadcast("t", format!("{:06}{payload}", chunk * CHUNK + i));
+        }
+        // The readers keep up; the publisher never waited for the slow one.
+        for i in 0..CHUNK {
+            let expected = format!("{:06}", chunk * CHUNK + i);
+            assert!(next_text(&mut fast).await.starts_with(&expected));
+            assert!(sse.next_event().await.data.starts_with(&expected));
+        }
+    }
+    let rss_after = rss_kib();
+    println!("test process RSS: {rss_before} KiB before, {rss_after} KiB after {EVENTS} events");
+
+    // The slow reader was cut off: by the write timeout (1013) or for lagging (1008).
+    wait_until("the slow reader is gone", || hub.stats().subscribers == 2).await;
+    let mut unread = Vec::new();
+    let _ = timeout(WAIT, slow.read_to_end(&mut unread))
+        .await
+        .expect("closed in time");
+    assert!(
+        !unread.is_empty(),
+        "the slow reader had been sent what it could take"
+    );
+
+    drop((fast, sse));
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn an_sse_client_that_never_reads_holds_only_its_bound() {
+    let hub = Hub::builder().buffer(64).build();
+    let addr = serve(StreamLayer::new(hub.clone())).await;
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reader = SseClient::connect(addr, "/?topic=t").await;
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+
+    let payload = "y".repeat(1000);
+    for i in 0..10_000 {
+        hub.broadcast("t", format!("{i} {payload}"));
+        if i % 32 == 31 {
+            // The reader keeps pace; the idle client's socket buffers fill and stay full.
+            for j in i - 31..=i {
+                assert!(reader.next_event().await.data.starts_with(&format!("{j} ")));
+            }
+        }
+    }
+    drop((idle, reader));
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+    assert!(
+        hub.stats().dropped > 0,
+        "the idle client lost events to its bound"
+    );
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_connect_and_drop_at_once() {
+    const CLIENTS: usize = 2_000;
+    raise_fd_limit(4 * CLIENTS as u64 + 256);
+    let hub = Hub::new();
+    let addr = serve(StreamLayer::new(hub.clone())).await;
+
+    let mut connecting = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        connecting.spawn(async move {
+            ws_connect(&format!("ws://{addr}/?topic=crowd-{}", i % 10)).await
+        });
+    }
+    let clients = connecting.join_all().await;
+    wait_until("all subscribed", || hub.stats().subscribers == CLIENTS).await;
+    assert_eq!(hub.broadcast("crowd-3", "hello"), CLIENTS / 10);
+    drop(clients);
+    wait_until("all gone", || hub.stats().subscribers == 0).await;
+    assert_eq!(hub.stats().topics, 0);
+    assert_still_serves(addr, &hub).await;
+}
+
+fn raise_fd_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= wanted,
+        "the hard file-descriptor limit is below {wanted}"
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,132 @@
+//! Graceful shutdown with streams open: `hub.close()` sends close 1001 to every WebSocket
+//! and ends every SSE stream, so the server's graceful shutdown finishes in bounded time.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tower_fanout::{Hub, StreamLayer};
+use tower_layer::Layer;
+
+use common::{Inner, SseClient, WAIT, Ws, wait_until, ws_connect};
+
+struct Open {
+    sockets: Vec<Ws>,
+    streams: Vec<SseClient>,
+}
+
+async fn open_streams(addr: SocketAddr, hub: &Hub) -> Open {
+    let mut sockets = Vec::new();
+    let mut streams = Vec::new();
+    for topic in ["a", "b"] {
+        sockets.push(ws_connect(&format!("ws://{addr}/events?topic={topic}")).await);
+        streams.push(SseClient::connect(addr, &format!("/events?topic={topic}")).await);
+    }
+    wait_until("four streams open", || hub.stats().subscribers == 4).await;
+    Open { sockets, streams }
+}
+
+/// Closes the hub, triggers the server's shutdown, and checks how every stream ended.
+async fn shut_down(
+    hub: &Hub,
+    open: Open,
+    trigger: oneshot::Sender<()>,
+    server: impl Future<Output = ()>,
+) {
+    hub.close();
+    trigger
+        .send(())
+        .expect("the server is listening for the signal");
+    timeout(WAIT, server)
+        .await
+        .expect("graceful shutdown finished with streams open");
+
+    for mut socket in open.sockets {
+        let close = loop {
+            match timeout(WAIT, socket.next()).await.expect("in time") {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Away));
+    }
+    for client in open.streams {
+        let mut rest = Vec::new();
+        let mut stream = client.into_stream();
+        timeout(WAIT, stream.read_to_end(&mut rest))
+            .await
+            .expect("ended in time")
+            .expect("read");
+    }
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_graceful_shutdown_finishes_with_streams_open() {
+    let hub = Hub::new();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "index" }))
+        .layer(StreamLayer::new(hub.clone()).path("/events"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (trigger, signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = signal.await;
+            })
+            .await
+    });
+
+    let open = open_streams(addr, &hub).await;
+    shut_down(&hub, open, trigger, async move {
+        server.await.expect("no panic").expect("served");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_util_graceful_shutdown_finishes_with_streams_open() {
+    let hub = Hub::new();
+    let service = StreamLayer::new(hub.clone()).path("/events").layer(Inner);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (trigger, mut signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { break };
+                    let service = TowerToHyperService::new(service.clone());
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    tokio::spawn(graceful.watch(connection));
+                }
+                _ = &mut signal => break,
+            }
+        }
+        graceful.shutdown().await;
+    });
+
+    let open = open_streams(addr, &hub).await;
+    shut_down(&hub, open, trigger, async move {
+        server.await.expect("no panic");
+    })
+    .await;
+}
