@@ -41,7 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()?;
-    let hub = Hub::new();
+    // 256 events per topic are kept, so a client that reconnects gets what it missed.
+    let hub = Hub::builder().history(256).build();
     let app = StreamLayer::new(hub.clone())
         .path("/events/")
         .topic(|parts| {

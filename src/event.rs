@@ -105,6 +105,12 @@ impl Event {
         }
     }
 
+    /// Sets the id the hub chose, which needs no checking.
+    pub(crate) fn assign_id(&mut self, id: String) {
+        self.id = Some(id.into());
+        self.sse = OnceLock::new();
+    }
+
     /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
     pub fn data(&self) -> &Bytes {
         &self.data

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::service::StreamService;
 use crate::ws::Inbound;
-use crate::{Hub, Rejection};
+use crate::{Hub, Rejection, Resume, Subscription};
 
 type TopicResolver = dyn Fn(&Parts) -> Result<String, Rejection> + Send + Sync;
 type MessageHandler = dyn Fn(Inbound<'_>) + Send + Sync;
@@ -68,6 +68,7 @@ pub(crate) struct Config {
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) retry: Option<Duration>,
+    pub(crate) websocket_ids: bool,
 }
 
 impl StreamLayer {
@@ -92,6 +93,7 @@ impl StreamLayer {
                 ping_interval: Duration::from_secs(30),
                 ping_timeout: Duration::from_secs(10),
                 retry: None,
+                websocket_ids: false,
             }),
         }
     }
@@ -190,6 +192,16 @@ impl StreamLayer {
         self.configure(|config| config.ping_timeout = timeout)
     }
 
+    /// Prefixes each WebSocket frame's data with the event's id and a line feed, so that a
+    /// client can resume after the last id it saw with `?since=ID`. Default: off, frames
+    /// carry only the data.
+    ///
+    /// A resumed connection whose missed events are no longer all retained then starts
+    /// with a frame holding an empty id and the data `lost`.
+    pub fn websocket_ids(self, enabled: bool) -> Self {
+        self.configure(|config| config.websocket_ids = enabled)
+    }
+
     /// How long a Server-Sent-Events stream may stay quiet before a comment is sent to
     /// keep proxies from cutting it; at least 1 ms. Default: 15 s.
     pub fn keep_alive(self, interval: Duration) -> Self {
@@ -235,6 +247,7 @@ impl Clone for Config {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             retry: self.retry,
+            websocket_ids: self.websocket_ids,
         }
     }
 }
@@ -251,11 +264,25 @@ impl fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
             .field("retry", &self.retry)
+            .field("websocket_ids", &self.websocket_ids)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
+    /// Subscribes a stream to `topic`, resuming after `last_event_id` when the client
+    /// gave one.
+    pub(crate) fn subscribe(
+        &self,
+        topic: &str,
+        last_event_id: Option<&str>,
+    ) -> (Subscription, Resume) {
+        match last_event_id {
+            Some(last) => self.hub.resume(topic, last),
+            None => (self.hub.subscribe(topic), Resume::Complete),
+        }
+    }
+
     pub(crate) fn intercepts(&self, path: &str) -> bool {
         match &self.path {
             None => true,
@@ -267,13 +294,7 @@ impl Config {
 
 /// The default topic resolver: the `topic` query parameter, percent-decoded.
 fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
-    parts
-        .uri
-        .query()
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .find_map(|pair| pair.strip_prefix("topic="))
-        .and_then(percent_decode)
+    query_param(parts, "topic")
         .filter(|topic| !topic.is_empty())
         .ok_or_else(|| {
             Rejection::new(
@@ -281,6 +302,16 @@ fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
                 "missing topic query parameter",
             )
         })
+}
+
+/// The first value of the query parameter `name`, percent-decoded.
+pub(crate) fn query_param(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .and_then(percent_decode)
 }
 
 /// Decodes `%XX` escapes and `+`; `None` when the result is not UTF-8 or an escape is bad.

@@ -78,7 +78,9 @@ pub mod ws;
 pub use body::ResponseBody;
 pub use event::{Event, InvalidEvent};
 pub use future::ResponseFuture;
-pub use hub::{CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Stats, Subscription};
+pub use hub::{
+    CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Resume, Stats, Subscription,
+};
 pub use layer::StreamLayer;
 pub use reject::Rejection;
 pub use service::StreamService;

@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::body::{Prepared, ResponseBody};
 use crate::future::ResponseFuture;
-use crate::layer::Config;
+use crate::layer::{Config, query_param};
 use crate::sse::SseBody;
 use crate::{Rejection, ws};
 
@@ -88,9 +88,17 @@ fn sse_response(
         %topic,
         peer = peer(&parts.extensions).map(tracing::field::display),
     );
-    span.in_scope(|| tracing::debug!("stream opened"));
-    let subscription = config.hub.subscribe(&topic);
-    let body = SseBody::new(subscription, config.keep_alive, config.retry, span);
+    // EventSource sends the header when it reconnects; the query parameter lets a page
+    // resume on its first connection.
+    let last_event_id = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|id| id.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(parts, "lastEventId"));
+    let (subscription, resume) = config.subscribe(&topic, last_event_id.as_deref());
+    span.in_scope(|| tracing::debug!(?resume, "stream opened"));
+    let body = SseBody::new(subscription, resume, config, span);
     let mut response = Response::new(Prepared::Sse(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

@@ -23,11 +23,28 @@ pub(super) struct ChannelState {
     /// Recent events not yet read by every subscriber, oldest first; the last has sequence
     /// number `next_seq - 1`. At most `capacity` long.
     ring: VecDeque<Slot>,
-    capacity: usize,
+    retention: Retention,
     next_seq: u64,
     pub(super) subscribers: usize,
+    /// Bumped by [`Hub::disconnect`](super::Hub::disconnect): subscriptions that joined
+    /// before end.
+    pub(super) disconnects: u64,
+    /// Bumped each time the channel loses its last subscriber, to recognise it in the
+    /// shard's queue of idle topics.
+    pub(super) idle_since: u64,
     pub(super) waiters: Waiters,
     pub(super) closed: Option<CloseReason>,
+}
+
+/// How many events a channel keeps, and the incarnation its ids are drawn from.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retention {
+    /// Events a subscriber may be behind before it lags: the ring's length.
+    pub(super) capacity: usize,
+    /// Events kept after every subscriber has read them.
+    pub(super) history: usize,
+    /// Distinguishes this channel's ids from those of an earlier channel of the topic.
+    pub(super) epoch: u64,
 }
 
 /// What a subscriber found when it read from a channel.
@@ -42,16 +59,18 @@ pub(super) enum Read {
 }
 
 impl Channel {
-    pub(super) fn new(topic: &str, hash: u64, capacity: usize) -> Self {
+    pub(super) fn new(topic: &str, hash: u64, retention: Retention) -> Self {
         Self {
             topic: topic.into(),
             hash,
             state: Mutex::new(ChannelState {
-                // Grows on demand up to `capacity`: a quiet topic stays small.
+                // Grows on demand up to the capacity: a quiet topic stays small.
                 ring: VecDeque::new(),
-                capacity,
+                retention,
                 next_seq: 0,
                 subscribers: 0,
+                disconnects: 0,
+                idle_since: 0,
                 waiters: Waiters::default(),
                 closed: None,
             }),
@@ -69,6 +88,48 @@ impl ChannelState {
         self.next_seq
     }
 
+    /// Whether the channel keeps events for subscribers yet to come.
+    pub(super) fn keeps_history(&self) -> bool {
+        self.retention.history > 0
+    }
+
+    /// Adds a subscriber that reads from `cursor` on.
+    pub(super) fn join(&mut self, cursor: u64) {
+        self.subscribers += 1;
+        let start = (cursor.saturating_sub(self.oldest()) as usize).min(self.ring.len());
+        for slot in self.ring.range_mut(start..) {
+            slot.unread += 1;
+        }
+    }
+
+    /// Where a subscriber that last saw the event `last_id` resumes, and whether events
+    /// after that one are no longer retained.
+    pub(super) fn resume_cursor(&self, last_id: &str) -> (u64, bool) {
+        if !self.keeps_history() {
+            return (self.tail(), true);
+        }
+        let oldest = self.oldest();
+        // An id the hub assigned names its position.
+        if let Some(seq) = parse_id(last_id, self.retention.epoch)
+            && seq < self.next_seq
+        {
+            return if seq + 1 >= oldest {
+                (seq + 1, false)
+            } else {
+                (oldest, true)
+            };
+        }
+        // An id the publisher chose is looked up among the retained events.
+        match self
+            .ring
+            .iter()
+            .rposition(|slot| slot.event.event_id() == Some(last_id))
+        {
+            Some(index) => (oldest + index as u64 + 1, false),
+            None => (oldest, true),
+        }
+    }
+
     /// Sequence number of the oldest event still in the ring.
     fn oldest(&self) -> u64 {
         self.next_seq - self.ring.len() as u64
@@ -77,8 +138,18 @@ impl ChannelState {
     /// Appends `event` for every current subscriber, moves the wakers of waiting
     /// subscribers to `wake`, and returns the event that fell out of a full ring, so that
     /// the caller frees it after unlocking.
-    pub(super) fn push(&mut self, event: Arc<Event>, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
-        let evicted = if self.ring.len() == self.capacity {
+    pub(super) fn push(
+        &mut self,
+        mut event: Arc<Event>,
+        wake: &mut Vec<Waker>,
+    ) -> Option<Arc<Event>> {
+        if self.keeps_history()
+            && event.event_id().is_none()
+            && let Some(event) = Arc::get_mut(&mut event)
+        {
+            event.assign_id(format_id(self.retention.epoch, self.next_seq));
+        }
+        let evicted = if self.ring.len() == self.retention.capacity {
             self.ring.pop_front().map(|slot| slot.event)
         } else {
             None
@@ -88,6 +159,7 @@ impl ChannelState {
             unread: self.subscribers,
         });
         self.next_seq += 1;
+        self.trim();
         self.waiters.take_all(wake);
         evicted
     }
@@ -132,10 +204,12 @@ impl ChannelState {
         oldest.saturating_sub(cursor)
     }
 
-    /// Drops the events every subscriber has read. Subscribers read in order and a new
-    /// one starts at the tail, so those are always at the front.
+    /// Drops the events every subscriber has read, beyond the history. Subscribers read
+    /// in order, so those are always at the front.
     fn trim(&mut self) {
-        while self.ring.front().is_some_and(|slot| slot.unread == 0) {
+        while self.ring.len() > self.retention.history
+            && self.ring.front().is_some_and(|slot| slot.unread == 0)
+        {
             self.ring.pop_front();
         }
         // A burst may have grown the ring; an idle topic should not keep that memory.
@@ -143,6 +217,20 @@ impl ChannelState {
             self.ring.shrink_to(IDLE_RING_CAPACITY);
         }
     }
+}
+
+/// The id the hub gives an event that has none: opaque to clients, unique to the
+/// channel's incarnation, increasing within it.
+fn format_id(epoch: u64, seq: u64) -> String {
+    format!("{epoch:x}-{seq}")
+}
+
+/// The sequence number in an id of [`format_id`] from the channel of `epoch`.
+fn parse_id(id: &str, epoch: u64) -> Option<u64> {
+    let (id_epoch, seq) = id.split_once('-')?;
+    (u64::from_str_radix(id_epoch, 16).ok()? == epoch)
+        .then(|| seq.parse().ok())
+        .flatten()
 }
 
 /// Slots an emptied ring keeps allocated, so that a steady trickle of events does not

@@ -35,6 +35,7 @@
 mod channel;
 mod subscription;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,12 +44,13 @@ use std::task::Waker;
 
 use hashbrown::HashTable;
 
-use self::channel::Channel;
+use self::channel::{Channel, ChannelState, Retention};
 pub use self::subscription::{Lagged, RecvError, Subscription};
 use crate::Event;
 
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_BUFFER: usize = 256;
+const DEFAULT_IDLE_TOPICS: usize = 10_000;
 
 /// A handle to a topic-keyed fan-out hub. Cloning it is cheap; all clones share the hub.
 #[derive(Clone)]
@@ -60,8 +62,13 @@ struct Inner {
     shards: Box<[Shard]>,
     hasher: RandomState,
     buffer: usize,
+    history: usize,
+    /// Topics kept for their history without a subscriber, per shard.
+    idle_per_shard: usize,
     lag_policy: LagPolicy,
     closed: AtomicBool,
+    /// Source of channel epochs: unique within the hub, and unlike the previous run's.
+    epochs: AtomicU64,
 }
 
 /// Aligned to two cache lines so that threads working on neighbouring shards do not
@@ -78,6 +85,10 @@ struct Shard {
 struct ShardState {
     /// Keyed by the topic's hash, computed once per call and shared with shard selection.
     topics: HashTable<Arc<Channel>>,
+    /// Topics that kept their history when their last subscriber left, oldest first, with
+    /// the idle generation they had then; entries of topics that found subscribers again
+    /// are skipped when they come up.
+    idle: VecDeque<(Arc<Channel>, u64)>,
     subscribers: usize,
     broadcasts: u64,
     deliveries: u64,
@@ -103,6 +114,19 @@ pub enum CloseReason {
     HubClosed,
     /// The subscriber fell a whole buffer behind under [`LagPolicy::Disconnect`].
     Lagged,
+    /// [`Hub::disconnect`] ended the topic's subscriptions.
+    Disconnected,
+}
+
+/// Whether a resumed subscription ([`Hub::resume`]) starts right after the given event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Resume {
+    /// Every event after the given one is still retained and will be delivered.
+    Complete,
+    /// Some events after the given one are no longer retained (the id is older than the
+    /// history, or unknown); the subscription starts with the oldest event retained.
+    EventsLost,
 }
 
 impl fmt::Display for CloseReason {
@@ -110,6 +134,7 @@ impl fmt::Display for CloseReason {
         f.write_str(match self {
             Self::HubClosed => "the hub was closed",
             Self::Lagged => "the subscriber fell too far behind",
+            Self::Disconnected => "the topic's subscribers were disconnected",
         })
     }
 }
@@ -138,6 +163,8 @@ pub struct Stats {
 pub struct HubBuilder {
     shards: usize,
     buffer: usize,
+    history: usize,
+    idle_topics: usize,
     lag_policy: LagPolicy,
 }
 
@@ -146,6 +173,8 @@ impl Default for HubBuilder {
         Self {
             shards: DEFAULT_SHARDS,
             buffer: DEFAULT_BUFFER,
+            history: 0,
+            idle_topics: DEFAULT_IDLE_TOPICS,
             lag_policy: LagPolicy::default(),
         }
     }
@@ -169,6 +198,28 @@ impl HubBuilder {
         self
     }
 
+    /// Keeps the last `events` events of each topic, so that a subscriber that reconnects
+    /// gets what it missed ([`Hub::resume`]). Default: 0, none.
+    ///
+    /// With history, the hub gives every event without an id one of its own: unique,
+    /// increasing within a topic, and opaque. A topic keeps its history when its last
+    /// subscriber leaves, and events broadcast meanwhile are kept too, until it has a
+    /// subscriber again or is evicted (see [`idle_topics`](Self::idle_topics)). History
+    /// starts when a topic first has a subscriber. A subscriber may then be up to
+    /// `max(buffer, history)` events behind before the lag policy acts.
+    pub fn history(mut self, events: usize) -> Self {
+        self.history = events;
+        self
+    }
+
+    /// How many topics without subscribers keep their history; beyond that, the topic
+    /// that has been idle longest is forgotten. At most `idle_topics × history` events are
+    /// kept for absent subscribers. Default: 10 000.
+    pub fn idle_topics(mut self, topics: usize) -> Self {
+        self.idle_topics = topics;
+        self
+    }
+
     /// What happens to a subscriber whose buffer is full. Default: [`LagPolicy::Skip`].
     pub fn lag_policy(mut self, policy: LagPolicy) -> Self {
         self.lag_policy = policy;
@@ -184,13 +235,20 @@ impl HubBuilder {
                 lag_disconnects: AtomicU64::new(0),
             })
             .collect();
+        // Epochs start from the clock so that ids of a restarted process differ.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
         Hub {
             inner: Arc::new(Inner {
+                idle_per_shard: self.idle_topics.div_ceil(self.shards),
                 shards,
                 hasher: RandomState::new(),
                 buffer: self.buffer,
+                history: self.history,
                 lag_policy: self.lag_policy,
                 closed: AtomicBool::new(false),
+                epochs: AtomicU64::new(start),
             }),
         }
     }
@@ -256,20 +314,71 @@ impl Hub {
 
     /// Subscribes to `topic`: the subscription receives every event broadcast to it from
     /// now on. Dropping the subscription unsubscribes; a topic without subscribers holds
-    /// no memory.
+    /// no memory, unless it keeps a [history](HubBuilder::history).
     ///
     /// After [`Hub::close`], the subscription is already ended.
     pub fn subscribe(&self, topic: &str) -> Subscription {
+        self.attach(topic, |channel| (channel.tail(), Resume::Complete))
+            .0
+    }
+
+    /// Subscribes to `topic` starting right after the event with id `last_event_id`: the
+    /// retained events after it come first, then live ones, with no gap and no duplicate
+    /// however broadcasts race the call. When events after it are no longer retained, the
+    /// subscription starts with the oldest retained event and [`Resume::EventsLost`] says
+    /// so.
+    pub fn resume(&self, topic: &str, last_event_id: &str) -> (Subscription, Resume) {
+        self.attach(topic, |channel| {
+            let (cursor, lost) = channel.resume_cursor(last_event_id);
+            (
+                cursor,
+                if lost {
+                    Resume::EventsLost
+                } else {
+                    Resume::Complete
+                },
+            )
+        })
+    }
+
+    /// Ends every current subscription of `topic` ([`CloseReason::Disconnected`]): their
+    /// connections close, and later subscriptions are not affected. The topic keeps its
+    /// history. Returns how many subscriptions were ended.
+    pub fn disconnect(&self, topic: &str) -> usize {
+        let hash = self.inner.hasher.hash_one(topic);
+        with_wake_list(|wake| {
+            let state = lock(&self.inner.shard(hash).state);
+            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
+                return 0;
+            };
+            let mut channel = lock(&channel.state);
+            channel.disconnects += 1;
+            channel.waiters.take_all(wake);
+            channel.subscribers
+        })
+    }
+
+    /// Adds a subscriber to `topic`'s channel, creating it if needed, at the cursor `start`
+    /// chooses under the channel's lock.
+    fn attach(
+        &self,
+        topic: &str,
+        start: impl FnOnce(&ChannelState) -> (u64, Resume),
+    ) -> (Subscription, Resume) {
         let hash = self.inner.hasher.hash_one(topic);
         let mut state = lock(&self.inner.shard(hash).state);
         if self.inner.closed.load(Ordering::Acquire) {
             drop(state);
-            return Subscription::closed(self.clone(), Channel::new(topic, hash, 1));
+            let channel = Channel::new(topic, hash, self.retention());
+            return (
+                Subscription::closed(self.clone(), channel),
+                Resume::EventsLost,
+            );
         }
         let channel = match state.topics.find(hash, |channel| channel.is(topic)) {
             Some(channel) => Arc::clone(channel),
             None => {
-                let channel = Arc::new(Channel::new(topic, hash, self.inner.buffer));
+                let channel = Arc::new(Channel::new(topic, hash, self.retention()));
                 state
                     .topics
                     .insert_unique(hash, Arc::clone(&channel), |channel| channel.hash);
@@ -277,13 +386,25 @@ impl Hub {
             }
         };
         state.subscribers += 1;
-        let cursor = {
+        let (cursor, disconnects, resume) = {
             let mut channel = lock(&channel.state);
-            channel.subscribers += 1;
-            channel.tail()
+            let (cursor, resume) = start(&channel);
+            channel.join(cursor);
+            (cursor, channel.disconnects, resume)
         };
         drop(state);
-        Subscription::new(self.clone(), channel, cursor)
+        (
+            Subscription::new(self.clone(), channel, cursor, disconnects),
+            resume,
+        )
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            capacity: self.inner.buffer.max(self.inner.history),
+            history: self.inner.history,
+            epoch: self.inner.epochs.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Ends every subscription, after each has read what was already broadcast, so that
@@ -326,11 +447,56 @@ impl Hub {
 }
 
 impl Inner {
+    /// Called under the shard's lock when `channel` has lost its last subscriber: forgets
+    /// it, or keeps it for its history while fewer than the bound of topics are idle.
+    /// Returns what the caller frees after unlocking.
+    fn retire(
+        &self,
+        state: &mut ShardState,
+        channel: &Arc<Channel>,
+        idle: &mut ChannelState,
+    ) -> Vec<Arc<Channel>> {
+        let mut forgotten = Vec::new();
+        if idle.keeps_history() {
+            idle.idle_since += 1;
+            state.idle.push_back((Arc::clone(channel), idle.idle_since));
+        } else {
+            forget(state, channel);
+        }
+        while state.idle.len() > self.idle_per_shard {
+            let Some((oldest, generation)) = state.idle.pop_front() else {
+                break;
+            };
+            // The caller holds the lock of `channel` already.
+            let still_idle = if Arc::ptr_eq(&oldest, channel) {
+                idle.subscribers == 0 && idle.idle_since == generation
+            } else {
+                let oldest = lock(&oldest.state);
+                oldest.subscribers == 0 && oldest.idle_since == generation
+            };
+            if still_idle {
+                forget(state, &oldest);
+                forgotten.push(oldest);
+            }
+        }
+        forgotten
+    }
+
     /// The shard of a topic with this hash. The hash table inside the shard indexes by the
     /// low bits and tags by the top seven, so the shard is chosen by bits in between.
     fn shard(&self, hash: u64) -> &Shard {
         // The shard count is a power of two.
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+}
+
+/// Removes `channel` from its shard's table.
+fn forget(state: &mut ShardState, channel: &Arc<Channel>) {
+    if let Ok(entry) = state
+        .topics
+        .find_entry(channel.hash, |registered| Arc::ptr_eq(registered, channel))
+    {
+        entry.remove();
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Subscription {
     cursor: u64,
     registration: Option<Registration>,
     closed: Option<CloseReason>,
+    /// The channel's disconnect count when this subscription joined.
+    disconnects: u64,
 }
 
 /// Why [`Subscription::recv`] returned no event.
@@ -66,7 +68,7 @@ impl fmt::Display for Lagged {
 impl std::error::Error for Lagged {}
 
 impl Subscription {
-    pub(super) fn new(hub: Hub, channel: Arc<Channel>, cursor: u64) -> Self {
+    pub(super) fn new(hub: Hub, channel: Arc<Channel>, cursor: u64, disconnects: u64) -> Self {
         Self {
             hub,
             channel,
@@ -74,6 +76,7 @@ impl Subscription {
             cursor,
             registration: None,
             closed: None,
+            disconnects,
         }
     }
 
@@ -84,6 +87,7 @@ impl Subscription {
             cursor: 0,
             registration: None,
             closed: Some(CloseReason::HubClosed),
+            disconnects: 0,
             hub,
         }
     }
@@ -152,6 +156,10 @@ impl Subscription {
             return Poll::Ready(Err(RecvError::Closed(reason)));
         }
         let mut channel = lock(&self.channel.state);
+        if channel.disconnects != self.disconnects {
+            self.closed = Some(CloseReason::Disconnected);
+            return Poll::Ready(Err(RecvError::Closed(CloseReason::Disconnected)));
+        }
         match channel.read(&mut self.cursor, limit, deliver) {
             Read::Events(count) => Poll::Ready(Ok(count)),
             Read::Lagged(missed) => {
@@ -214,23 +222,23 @@ impl Drop for Subscription {
             return;
         }
         let shard = self.hub.inner.shard(self.channel.hash);
-        let missed = {
+        let (missed, forgotten) = {
             let mut state = lock(&shard.state);
             let mut channel = lock(&self.channel.state);
             channel.waiters.remove(self.registration);
             let missed = channel.leave(self.cursor);
-            let last = channel.subscribers == 0;
-            drop(channel);
             state.subscribers -= 1;
-            if last
-                && let Ok(entry) = state
-                    .topics
-                    .find_entry(self.channel.hash, |c| Arc::ptr_eq(c, &self.channel))
-            {
-                entry.remove();
-            }
-            missed
+            let forgotten = if channel.subscribers == 0 {
+                self.hub
+                    .inner
+                    .retire(&mut state, &self.channel, &mut channel)
+            } else {
+                Vec::new()
+            };
+            (missed, forgotten)
         };
+        // Channels forgotten with their history are freed after the locks are released.
+        drop(forgotten);
         // A subscription closed for lagging has counted its loss already.
         let missed = if self.closed.is_some() { 0 } else { missed };
         shard.dropped.fetch_add(missed, Ordering::Relaxed);

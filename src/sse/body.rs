@@ -10,11 +10,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep, sleep};
 
-use crate::{RecvError, Subscription};
+use crate::layer::Config;
+use crate::{RecvError, Resume, Subscription};
 
 /// A comment line, which every client ignores: it keeps idle connections alive through
 /// proxies that cut quiet streams.
 const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
+
+/// Tells a resuming client that events it missed are no longer retained: an event of
+/// type `lost`, which `EventSource` dispatches to `addEventListener("lost", ..)`.
+const LOST: &str = "event: lost\ndata: \n\n";
 
 pub(crate) struct SseBody {
     subscription: Subscription,
@@ -28,17 +33,22 @@ pub(crate) struct SseBody {
 impl SseBody {
     pub(crate) fn new(
         subscription: Subscription,
-        keep_alive: Duration,
-        retry: Option<Duration>,
+        resume: Resume,
+        config: &Config,
         span: tracing::Span,
     ) -> Self {
-        let opening = match retry {
-            Some(retry) => Bytes::from(format!(":ok\nretry: {}\n\n", retry.as_millis())),
-            None => Bytes::from_static(b":ok\n\n"),
-        };
+        let mut opening = String::from(":ok\n");
+        if let Some(retry) = config.retry {
+            opening.push_str(&format!("retry: {}\n", retry.as_millis()));
+        }
+        opening.push('\n');
+        if resume == Resume::EventsLost {
+            opening.push_str(LOST);
+        }
+        let keep_alive = config.keep_alive;
         Self {
             subscription,
-            opening: Some(opening),
+            opening: Some(Bytes::from(opening)),
             keep_alive,
             quiet: Box::pin(sleep(keep_alive)),
             span,

@@ -16,9 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error, Message};
 use tracing::Instrument;
 
-use super::{Connection, DIRECT_QUEUE, Inbound, frame};
+use super::{Connection, DIRECT_QUEUE, Inbound, LOST, event_frame};
 use crate::layer::Config;
-use crate::{CloseReason, RecvError, Subscription};
+use crate::{CloseReason, RecvError, Resume, Subscription};
 
 /// Events taken from the subscription per write: fed in one burst, flushed once.
 const BATCH: usize = 64;
@@ -26,6 +26,7 @@ const BATCH: usize = 64;
 pub(super) async fn serve(
     on_upgrade: OnUpgrade,
     subscription: Subscription,
+    resume: Resume,
     config: Arc<Config>,
     extensions: Extensions,
 ) {
@@ -60,7 +61,7 @@ pub(super) async fn serve(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         tracing::debug!("connection opened");
-        match run(socket, subscription, &config, &extensions).await {
+        match run(socket, subscription, resume, &config, &extensions).await {
             Some((code, reason)) => {
                 tracing::debug!(code = u16::from(code), reason, "connection closed")
             }
@@ -75,12 +76,19 @@ pub(super) async fn serve(
 async fn run<S>(
     mut socket: WebSocketStream<S>,
     mut subscription: Subscription,
+    resume: Resume,
     config: &Config,
     extensions: &Extensions,
 ) -> Option<(CloseCode, &'static str)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    if config.websocket_ids
+        && resume == Resume::EventsLost
+        && !write(&mut socket, std::iter::once(Message::text(LOST)), config).await
+    {
+        return None;
+    }
     let (direct, mut direct_rx) = mpsc::channel::<Message>(DIRECT_QUEUE);
     let connection = Connection { direct };
     let mut batch = Vec::with_capacity(BATCH);
@@ -100,7 +108,7 @@ where
             () = &mut silence => break Some((CloseCode::Away, "ping timeout")),
             received = subscription.recv_many(&mut batch, BATCH) => match received {
                 Ok(_) => {
-                    let frames = batch.drain(..).map(|event| frame(event.data(), config.binary));
+                    let frames = batch.drain(..).map(|event| event_frame(&event, config));
                     if !write(&mut socket, frames, config).await {
                         break Some((CloseCode::Again, "write timed out"));
                     }
@@ -110,6 +118,9 @@ where
                 }
                 Err(RecvError::Closed(CloseReason::Lagged)) => {
                     break Some((CloseCode::Policy, "too slow to keep up"));
+                }
+                Err(RecvError::Closed(CloseReason::Disconnected)) => {
+                    break Some((CloseCode::Normal, "disconnected by the server"));
                 }
                 Err(RecvError::Closed(_)) => break Some((CloseCode::Away, "server shutting down")),
             },

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub(crate) use self::handshake::is_upgrade_attempt;
 use crate::body::Prepared;
-use crate::layer::Config;
-use crate::{Hub, Rejection};
+use crate::layer::{Config, query_param};
+use crate::{Event, Hub, Rejection};
 
 /// Frames another part of the program may queue for one connection before
 /// [`Connection::send`] refuses.
@@ -51,10 +51,12 @@ pub(crate) fn accept(
         )
     })?;
     // Subscribed before answering, so nothing broadcast after the 101 is missed.
-    let subscription = config.hub.subscribe(&topic);
+    let since = query_param(&parts, "since");
+    let (subscription, resume) = config.subscribe(&topic, since.as_deref());
     tokio::spawn(connection::serve(
         on_upgrade,
         subscription,
+        resume,
         Arc::clone(config),
         parts.extensions,
     ));
@@ -67,6 +69,22 @@ pub(crate) fn accept(
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
     Ok(response)
 }
+
+/// The frame that carries `event` on a connection configured by `config`.
+pub(crate) fn event_frame(event: &Event, config: &Config) -> Message {
+    if !config.websocket_ids {
+        return frame(event.data(), config.binary);
+    }
+    let id = event.event_id().unwrap_or_default();
+    let mut payload = Vec::with_capacity(id.len() + 1 + event.data().len());
+    payload.extend_from_slice(id.as_bytes());
+    payload.push(b'\n');
+    payload.extend_from_slice(event.data());
+    frame(&Bytes::from(payload), config.binary)
+}
+
+/// What a resumed connection with ids receives first when events were lost.
+pub(crate) const LOST: &str = "\nlost";
 
 /// A WebSocket frame carrying `data`: text unless binary writes are on or the data is not
 /// UTF-8.

@@ -103,6 +103,7 @@ pub async fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
 pub struct SseEvent {
     pub event: String,
     pub data: String,
+    pub id: Option<String>,
 }
 
 /// A Server-Sent-Events client over a plain TCP socket, reading a chunked response.
@@ -111,19 +112,28 @@ pub struct SseClient {
     raw: Vec<u8>,
     pub headers: String,
     body: Vec<u8>,
+    /// The chunked body's last chunk has arrived.
+    ended: bool,
 }
 
 impl SseClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        Self::connect_with(addr, path, "").await
+    }
+
+    /// Connects with extra header lines, each ending in CRLF.
+    pub async fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> Self {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let head =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
+        );
         stream.write_all(head.as_bytes()).await.expect("write");
         let mut client = Self {
             stream,
             raw: Vec::new(),
             headers: String::new(),
             body: Vec::new(),
+            ended: false,
         };
         while !client.raw.windows(4).any(|w| w == b"\r\n\r\n") {
             client.fill().await;
@@ -163,9 +173,24 @@ impl SseClient {
             if self.raw.len() < line_end + 2 + size + 2 {
                 return;
             }
+            if size == 0 {
+                self.ended = true;
+                return;
+            }
             let start = line_end + 2;
             self.body.extend_from_slice(&self.raw[start..start + size]);
             self.raw.drain(..start + size + 2);
+        }
+    }
+
+    /// Waits for the end of the response body.
+    pub async fn until_end(&mut self) {
+        loop {
+            self.dechunk();
+            if self.ended {
+                return;
+            }
+            self.fill().await;
         }
     }
 
@@ -195,11 +220,14 @@ impl SseClient {
                 let mut event = SseEvent {
                     event: "message".into(),
                     data: String::new(),
+                    id: None,
                 };
                 let mut has_data = false;
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("event: ") {
                         event.event = value.into();
+                    } else if let Some(value) = line.strip_prefix("id: ") {
+                        event.id = Some(value.into());
                     } else if let Some(value) = line.strip_prefix("data: ") {
                         if has_data {
                             event.data.push('\n');
