@@ -10,7 +10,13 @@
 //!   what arrives;
 //! - `GET /events/{topic}`: the stream endpoint, WebSocket or SSE by the request's headers;
 //! - `POST /publish/{topic}?event=TYPE`: broadcasts the body; answers with the number of
-//!   local subscribers reached.
+//!   local subscribers reached;
+//! - `POST /disconnect/{topic}`: ends the topic's streams (they resume when they
+//!   reconnect); answers with the number ended.
+//!
+//! The hub keeps 256 events per topic, so a reconnecting client gets what it missed:
+//! `EventSource` resumes by itself, and the page's WebSocket, whose frames carry
+//! `id LF data`, reconnects with `?since=ID`.
 //!
 //! Try `curl -N -H 'Accept: text/event-stream' localhost:3000/events/demo` in one shell and
 //! `curl -d hello localhost:3000/publish/demo` in another.
@@ -20,6 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -45,6 +52,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hub = Hub::builder().history(256).build();
     let app = StreamLayer::new(hub.clone())
         .path("/events/")
+        .websocket_ids(true)
+        .retry(Duration::from_secs(1))
         .topic(|parts| {
             parts
                 .uri
@@ -128,6 +137,10 @@ async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
                 StatusCode::OK,
                 format!("{}\n", hub.broadcast(&topic, event)),
             )
+        }
+        (&Method::POST, path) if path.starts_with("/disconnect/") => {
+            let topic = path.trim_start_matches("/disconnect/");
+            text(StatusCode::OK, format!("{}\n", hub.disconnect(topic)))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
