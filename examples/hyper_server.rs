@@ -20,6 +20,15 @@
 //!
 //! Try `curl -N -H 'Accept: text/event-stream' localhost:3000/events/demo` in one shell and
 //! `curl -d hello localhost:3000/publish/demo` in another.
+//!
+//! Built with `--features redis` and run with `REDIS_URL` set, it joins the Redis
+//! backplane: two of them on two ports are a cluster, where a publish on either reaches
+//! the subscribers of both.
+//!
+//! ```sh
+//! ADDR=127.0.0.1:3000 REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example hyper_server
+//! ADDR=127.0.0.1:3001 REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example hyper_server
+//! ```
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,7 +44,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tower_fanout::{Event, Hub, Rejection, StreamLayer};
+use tower_fanout::{Event, Hub, HubBuilder, Rejection, StreamLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -49,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()?;
     // 256 events per topic are kept, so a client that reconnects gets what it missed.
-    let hub = Hub::builder().history(256).build();
+    let hub = backplane(Hub::builder().history(256))?.build();
     let app = StreamLayer::new(hub.clone())
         .path("/events/")
         .websocket_ids(true)
@@ -77,6 +86,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await;
         });
     }
+}
+
+/// Joins the Redis backplane at `REDIS_URL`, when set.
+#[cfg(feature = "redis")]
+fn backplane(builder: HubBuilder) -> Result<HubBuilder, Box<dyn std::error::Error>> {
+    Ok(match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            println!("sharing topics through {url}");
+            builder.backplane(tower_fanout::backplane::RedisBackplane::new(&url)?)
+        }
+        Err(_) => builder,
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+fn backplane(builder: HubBuilder) -> Result<HubBuilder, Box<dyn std::error::Error>> {
+    if std::env::var_os("REDIS_URL").is_some() {
+        return Err("REDIS_URL is set, but this build has no Redis: add --features redis".into());
+    }
+    Ok(builder)
 }
 
 /// Everything that is not a stream: the page and the publish endpoint.

@@ -65,6 +65,7 @@
 #![deny(unreachable_pub, unsafe_code)]
 #![cfg_attr(test, allow(clippy::float_cmp))]
 
+pub mod backplane;
 mod body;
 mod event;
 mod future;

@@ -88,6 +88,11 @@ impl ChannelState {
         self.next_seq
     }
 
+    /// The event broadcast last, if still held.
+    pub(super) fn newest(&self) -> Option<Arc<Event>> {
+        self.ring.back().map(|slot| Arc::clone(&slot.event))
+    }
+
     /// Whether the channel keeps events for subscribers yet to come.
     pub(super) fn keeps_history(&self) -> bool {
         self.retention.history > 0

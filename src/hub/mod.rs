@@ -47,6 +47,7 @@ use hashbrown::HashTable;
 use self::channel::{Channel, ChannelState, Retention};
 pub use self::subscription::{Lagged, RecvError, Subscription};
 use crate::Event;
+use crate::backplane::{Backplane, Remote};
 
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_BUFFER: usize = 256;
@@ -55,10 +56,10 @@ const DEFAULT_IDLE_TOPICS: usize = 10_000;
 /// A handle to a topic-keyed fan-out hub. Cloning it is cheap; all clones share the hub.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<Inner>,
+    inner: Arc<HubCore>,
 }
 
-struct Inner {
+pub(crate) struct HubCore {
     shards: Box<[Shard]>,
     hasher: RandomState,
     buffer: usize,
@@ -69,6 +70,7 @@ struct Inner {
     closed: AtomicBool,
     /// Source of channel epochs: unique within the hub, and unlike the previous run's.
     epochs: AtomicU64,
+    backplane: Option<Arc<dyn Backplane>>,
 }
 
 /// Aligned to two cache lines so that threads working on neighbouring shards do not
@@ -159,8 +161,9 @@ pub struct Stats {
 }
 
 /// Configures a [`Hub`]; from [`Hub::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HubBuilder {
+    backplane: Option<Arc<dyn Backplane>>,
     shards: usize,
     buffer: usize,
     history: usize,
@@ -168,9 +171,23 @@ pub struct HubBuilder {
     lag_policy: LagPolicy,
 }
 
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("shards", &self.shards)
+            .field("buffer", &self.buffer)
+            .field("history", &self.history)
+            .field("idle_topics", &self.idle_topics)
+            .field("lag_policy", &self.lag_policy)
+            .field("backplane", &self.backplane.is_some())
+            .finish()
+    }
+}
+
 impl Default for HubBuilder {
     fn default() -> Self {
         Self {
+            backplane: None,
             shards: DEFAULT_SHARDS,
             buffer: DEFAULT_BUFFER,
             history: 0,
@@ -220,6 +237,13 @@ impl HubBuilder {
         self
     }
 
+    /// Shares broadcasts with the other nodes of a deployment through `backplane`
+    /// (see [`backplane`](crate::backplane)). Default: none, this process only.
+    pub fn backplane(mut self, backplane: impl Backplane) -> Self {
+        self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
     /// What happens to a subscriber whose buffer is full. Default: [`LagPolicy::Skip`].
     pub fn lag_policy(mut self, policy: LagPolicy) -> Self {
         self.lag_policy = policy;
@@ -239,8 +263,8 @@ impl HubBuilder {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_micros() as u64);
-        Hub {
-            inner: Arc::new(Inner {
+        let hub = Hub {
+            inner: Arc::new(HubCore {
                 idle_per_shard: self.idle_topics.div_ceil(self.shards),
                 shards,
                 hasher: RandomState::new(),
@@ -249,8 +273,15 @@ impl HubBuilder {
                 lag_policy: self.lag_policy,
                 closed: AtomicBool::new(false),
                 epochs: AtomicU64::new(start),
+                backplane: self.backplane,
             }),
+        };
+        if let Some(backplane) = &hub.inner.backplane {
+            backplane.start(Remote {
+                hub: Arc::downgrade(&hub.inner),
+            });
         }
+        hub
     }
 }
 
@@ -289,27 +320,8 @@ impl Hub {
     /// full is handled by the [`LagPolicy`] when it next reads. Callable from any thread,
     /// inside or outside an async runtime. After [`Hub::close`] it reaches no one.
     pub fn broadcast(&self, topic: &str, event: impl Into<Event>) -> usize {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return 0;
-        }
         // Allocated before any lock is taken.
-        let event = Arc::new(event.into());
-        let hash = self.inner.hasher.hash_one(topic);
-        let shard = self.inner.shard(hash);
-        with_wake_list(|wake| {
-            let mut state = lock(&shard.state);
-            state.broadcasts += 1;
-            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
-                return (0, None);
-            };
-            let mut channel = lock(&channel.state);
-            let reached = channel.subscribers;
-            let evicted = channel.push(event, wake);
-            drop(channel);
-            state.deliveries += reached as u64;
-            (reached, evicted)
-        })
-        .0
+        self.inner.deliver(topic, Arc::new(event.into()), true)
     }
 
     /// Subscribes to `topic`: the subscription receives every event broadcast to it from
@@ -382,6 +394,9 @@ impl Hub {
                 state
                     .topics
                     .insert_unique(hash, Arc::clone(&channel), |channel| channel.hash);
+                if let Some(backplane) = &self.inner.backplane {
+                    backplane.subscribe(topic);
+                }
                 channel
             }
         };
@@ -446,7 +461,54 @@ impl Hub {
     }
 }
 
-impl Inner {
+impl HubCore {
+    /// Hands `event` to the local subscribers of `topic` and, for a broadcast of this
+    /// node, to the backplane.
+    pub(crate) fn deliver(&self, topic: &str, event: Arc<Event>, publish: bool) -> usize {
+        if self.closed.load(Ordering::Acquire) {
+            return 0;
+        }
+        let backplane = if publish {
+            self.backplane.as_ref()
+        } else {
+            None
+        };
+        let hash = self.hasher.hash_one(topic);
+        let shard = self.shard(hash);
+        let (reached, published, _evicted) = with_wake_list(|wake| {
+            let mut state = lock(&shard.state);
+            state.broadcasts += 1;
+            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
+                return (0, Some(event), None);
+            };
+            let mut channel = lock(&channel.state);
+            let reached = channel.subscribers;
+            let evicted = channel.push(event, wake);
+            // What the others get carries the id this node gave it.
+            let published = backplane.and_then(|_| channel.newest());
+            drop(channel);
+            state.deliveries += reached as u64;
+            (reached, published, evicted)
+        });
+        if let (Some(backplane), Some(event)) = (backplane, published) {
+            backplane.publish(topic, &event);
+        }
+        reached
+    }
+
+    /// Removes `channel` from its shard's table; the node stops listening to its topic.
+    fn forget(&self, state: &mut ShardState, channel: &Arc<Channel>) {
+        if let Ok(entry) = state
+            .topics
+            .find_entry(channel.hash, |registered| Arc::ptr_eq(registered, channel))
+        {
+            entry.remove();
+            if let Some(backplane) = &self.backplane {
+                backplane.unsubscribe(&channel.topic);
+            }
+        }
+    }
+
     /// Called under the shard's lock when `channel` has lost its last subscriber: forgets
     /// it, or keeps it for its history while fewer than the bound of topics are idle.
     /// Returns what the caller frees after unlocking.
@@ -461,7 +523,7 @@ impl Inner {
             idle.idle_since += 1;
             state.idle.push_back((Arc::clone(channel), idle.idle_since));
         } else {
-            forget(state, channel);
+            self.forget(state, channel);
         }
         while state.idle.len() > self.idle_per_shard {
             let Some((oldest, generation)) = state.idle.pop_front() else {
@@ -475,7 +537,7 @@ impl Inner {
                 oldest.subscribers == 0 && oldest.idle_since == generation
             };
             if still_idle {
-                forget(state, &oldest);
+                self.forget(state, &oldest);
                 forgotten.push(oldest);
             }
         }
@@ -487,16 +549,6 @@ impl Inner {
     fn shard(&self, hash: u64) -> &Shard {
         // The shard count is a power of two.
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
-    }
-}
-
-/// Removes `channel` from its shard's table.
-fn forget(state: &mut ShardState, channel: &Arc<Channel>) {
-    if let Ok(entry) = state
-        .topics
-        .find_entry(channel.hash, |registered| Arc::ptr_eq(registered, channel))
-    {
-        entry.remove();
     }
 }
 

@@ -1,0 +1,90 @@
+//! Backplanes: carrying broadcasts between the processes of a deployment through an
+//! existing pub/sub engine, so that a broadcast on any node reaches the topic's
+//! subscribers on every node.
+//!
+//! A hub with a backplane delivers each broadcast to its own subscribers at once and hands
+//! it to the backplane, which publishes it; every other node's backplane receives it and
+//! delivers it to that node's subscribers. A node drops its own messages when they come
+//! back, so each subscriber gets each event exactly once, and local subscribers get it
+//! without the round trip.
+//!
+//! A node listens only to the topics it has subscribers for (or keeps history of): the
+//! hub tells the backplane when a topic gains its first subscriber and when it is
+//! forgotten.
+//!
+//! With the `redis` feature, [`RedisBackplane`] does this through Redis pub/sub:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_fanout::Hub;
+//! use tower_fanout::backplane::RedisBackplane;
+//!
+//! let backplane = RedisBackplane::new("redis://127.0.0.1:6379/")?;
+//! let hub = Hub::builder().backplane(backplane.clone()).build();
+//! hub.broadcast("device-42", "reaches every node");
+//! println!("{:?}", backplane.stats());
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+mod wire;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisBackplane, RedisStats};
+use crate::Event;
+use crate::hub::HubCore;
+
+/// Carries a hub's broadcasts to the other nodes of a deployment and theirs to it.
+///
+/// Every method is called from `broadcast` or `subscribe` paths, some under a hub lock:
+/// each must return at once, handing work to a task of the backplane's own.
+pub trait Backplane: Send + Sync + 'static {
+    /// Called once, when the hub is built: events from other nodes go to `remote`.
+    fn start(&self, remote: Remote);
+
+    /// An event was broadcast on this node: publish it to the others.
+    fn publish(&self, topic: &str, event: &Arc<Event>);
+
+    /// This node has a subscriber for `topic` now: listen to it.
+    fn subscribe(&self, topic: &str);
+
+    /// This node has forgotten `topic`: stop listening to it.
+    fn unsubscribe(&self, topic: &str);
+}
+
+/// Hands events from other nodes to the hub's local subscribers; given to
+/// [`Backplane::start`].
+#[derive(Clone)]
+pub struct Remote {
+    pub(crate) hub: Weak<HubCore>,
+}
+
+impl Remote {
+    /// Delivers `event` to this node's subscribers of `topic`, without publishing it
+    /// again. Returns how many there were; 0 once the hub is gone.
+    pub fn deliver(&self, topic: &str, event: Event) -> usize {
+        self.hub
+            .upgrade()
+            .map_or(0, |hub| hub.deliver(topic, Arc::new(event), false))
+    }
+
+    /// Whether the hub still exists; a backplane's task can stop when it does not.
+    pub fn is_alive(&self) -> bool {
+        self.hub.strong_count() > 0
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
