@@ -1,0 +1,629 @@
+//! End-to-end load: real WebSocket and SSE clients on 127.0.0.1 against a server in its
+//! own process, tower-fanout beside the baseline Rust users hand-roll today (axum's
+//! `WebSocketUpgrade` and `Sse` over one `tokio::sync::broadcast` per topic in a
+//! `Mutex<HashMap>`), measured in the same run.
+//!
+//! ```sh
+//! cargo run --release --example loadtest                      # every phase, both servers
+//! cargo run --release --example loadtest -- clients=1000 broadcasts=1000 size=64 idle=10000
+//! cargo run --release --example loadtest -- phases=burst servers=crate transports=ws
+//! ```
+//!
+//! Phases, each against a fresh server process:
+//! - `burst`: `clients` clients on one topic; the server publishes `broadcasts` events of
+//!   `size` bytes as fast as it can. Reports deliveries per second, the server's CPU time
+//!   per delivery (from `/proc`), latency p50/p99/max (a timestamp travels in each
+//!   payload) and missing deliveries.
+//! - `steady`: 100 broadcasts per second for 10 s to `clients` clients. Reports latency
+//!   p50/p99/max and the spread between the first and the last subscriber of each event.
+//! - `idle`: `idle` idle connections; reports the server's RSS growth per connection.
+//!
+//! Every loop is bounded in count and time; the server process is killed at the end.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOPIC: &str = "load";
+/// The longest any phase waits for its events before it reports what is missing.
+const PHASE_LIMIT: Duration = Duration::from_secs(60);
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        let kind = args.get(1).cloned().unwrap_or_default();
+        let addr: SocketAddr = args.get(2).ok_or("serve KIND ADDR")?.parse()?;
+        // The server under test: two workers, as many as the machine has cores.
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(server::run(&kind, addr));
+    }
+    let options = Options::parse(&args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(drive(options))
+}
+
+#[derive(Clone, Debug)]
+struct Options {
+    clients: usize,
+    broadcasts: usize,
+    size: usize,
+    idle: usize,
+    phases: Vec<String>,
+    servers: Vec<String>,
+    transports: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut options = Self {
+            clients: 1_000,
+            broadcasts: 1_000,
+            size: 64,
+            idle: 10_000,
+            phases: vec!["burst".into(), "steady".into(), "idle".into()],
+            servers: vec!["crate".into(), "baseline".into()],
+            transports: vec!["ws".into(), "sse".into()],
+        };
+        for arg in args {
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {arg}"))?;
+            let list = || value.split(',').map(str::to_owned).collect();
+            match key {
+                "clients" => options.clients = value.parse()?,
+                "broadcasts" => options.broadcasts = value.parse()?,
+                "size" => options.size = value.parse::<usize>()?.max(24),
+                "idle" => options.idle = value.parse()?,
+                "phases" => options.phases = list(),
+                "servers" => options.servers = list(),
+                "transports" => options.transports = list(),
+                other => return Err(format!("unknown option {other}").into()),
+            }
+        }
+        Ok(options)
+    }
+}
+
+async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    raise_fd_limit();
+    println!("{options:?}");
+    for phase in &options.phases {
+        for transport in &options.transports {
+            for kind in &options.servers {
+                let server = Server::start(kind).await?;
+                let line = match phase.as_str() {
+                    "burst" => burst(&server, transport, &options).await?,
+                    "steady" => steady(&server, transport, &options).await?,
+                    "idle" => idle(&server, transport, &options).await?,
+                    other => return Err(format!("unknown phase {other}").into()),
+                };
+                println!("{phase:6} {transport:3} {kind:8} {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A server under test, in a child process of its own.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", kind, &addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let server = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err("the server did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(server)
+    }
+
+    /// The server's user + system CPU time.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses: utime is the 12th.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+        // SAFETY: sysconf only reads a configuration value.
+        #[allow(unsafe_code)]
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+    }
+
+    /// The server's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sends a control request and returns the body of the answer.
+    async fn control(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let mut stream = TcpStream::connect(self.addr).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        tokio::time::timeout(PHASE_LIMIT, stream.read_to_string(&mut response)).await??;
+        Ok(response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned())
+    }
+
+    async fn wait_subscribers(&self, count: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let deadline = Instant::now() + PHASE_LIMIT;
+        loop {
+            if self
+                .control("/subscribers")
+                .await?
+                .parse::<usize>()
+                .unwrap_or(0)
+                >= count
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{count} clients did not all subscribe").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What the clients of a phase saw.
+#[derive(Default)]
+struct Seen {
+    delivered: AtomicU64,
+    /// Latency in nanoseconds per delivery, and the arrival per (event, client).
+    latencies: Mutex<Vec<u64>>,
+    arrivals: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+impl Seen {
+    fn record(&self, payload: &[u8], spread: bool) {
+        let arrived = now_nanos();
+        let sent: u64 = std::str::from_utf8(payload.get(..20).unwrap_or_default())
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(arrived);
+        self.latencies
+            .lock()
+            .expect("not poisoned")
+            .push(arrived.saturating_sub(sent));
+        if spread {
+            let mut arrivals = self.arrivals.lock().expect("not poisoned");
+            let entry = arrivals.entry(sent).or_insert((arrived, arrived));
+            entry.0 = entry.0.min(arrived);
+            entry.1 = entry.1.max(arrived);
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens `count` clients of `transport` that record what they receive.
+async fn clients(
+    server: &Server,
+    transport: &str,
+    count: usize,
+    seen: &Arc<Seen>,
+    spread: bool,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let seen = Arc::clone(seen);
+        let task = match transport {
+            "ws" => {
+                let url = format!("ws://{}/events/{TOPIC}", server.addr);
+                let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+                tokio::spawn(async move {
+                    while let Some(Ok(message)) = socket.next().await {
+                        if message.is_text() || message.is_binary() {
+                            seen.record(&message.into_data(), spread);
+                        }
+                    }
+                })
+            }
+            _ => {
+                let mut stream = TcpStream::connect(server.addr).await?;
+                let request = format!(
+                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).await?;
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    let mut pending = Vec::new();
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&buffer[..n]);
+                        // Chunk framing aside, every event is one `data:` line.
+                        let mut start = 0;
+                        while let Some(at) = find(&pending[start..], b"data:") {
+                            let from = start + at + 5;
+                            let Some(end) = find(&pending[from..], b"\n") else {
+                                break;
+                            };
+                            seen.record(pending[from..from + end].trim_ascii_start(), spread);
+                            start = from + end;
+                        }
+                        pending.drain(..start);
+                    }
+                })
+            }
+        };
+        tasks.push(task);
+    }
+    server.wait_subscribers(count).await?;
+    Ok(tasks)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn wait_delivered(seen: &Seen, expected: u64) -> Duration {
+    let start = Instant::now();
+    while seen.delivered.load(Ordering::Relaxed) < expected && start.elapsed() < PHASE_LIMIT {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+fn percentiles(mut values: Vec<u64>) -> String {
+    if values.is_empty() {
+        return "no deliveries".into();
+    }
+    values.sort_unstable();
+    let at = |p: f64| Duration::from_nanos(values[((values.len() - 1) as f64 * p) as usize]);
+    format!("p50 {:?} p99 {:?} max {:?}", at(0.5), at(0.99), at(1.0))
+}
+
+async fn burst(
+    server: &Server,
+    transport: &str,
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let seen = Arc::new(Seen::default());
+    let tasks = clients(server, transport, options.clients, &seen, false).await?;
+    let expected = (options.clients * options.broadcasts) as u64;
+    let cpu = server.cpu();
+    let start = Instant::now();
+    server
+        .control(&format!(
+            "/burst?count={}&size={}",
+            options.broadcasts, options.size
+        ))
+        .await?;
+    wait_delivered(&seen, expected).await;
+    let elapsed = start.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu);
+    tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    let delivered = seen.delivered.load(Ordering::Relaxed);
+    let latencies = std::mem::take(&mut *seen.latencies.lock().expect("not poisoned"));
+    Ok(format!(
+        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery  {}  missing {}",
+        delivered as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        percentiles(latencies),
+        expected - delivered.min(expected)
+    ))
+}
+
+async fn steady(
+    server: &Server,
+    transport: &str,
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error>> {
+    const RATE: usize = 100;
+    const SECONDS: usize = 10;
+    let seen = Arc::new(Seen::default());
+    let tasks = clients(server, transport, options.clients, &seen, true).await?;
+    let expected = (options.clients * RATE * SECONDS) as u64;
+    server
+        .control(&format!(
+            "/steady?rate={RATE}&seconds={SECONDS}&size={}",
+            options.size
+        ))
+        .await?;
+    wait_delivered(&seen, expected).await;
+    tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    let latencies = std::mem::take(&mut *seen.latencies.lock().expect("not poisoned"));
+    let spreads = seen
+        .arrivals
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .map(|(first, last)| last - first)
+        .collect();
+    Ok(format!(
+        "latency {}  first-to-last {}  missing {}",
+        percentiles(latencies),
+        percentiles(spreads),
+        expected - seen.delivered.load(Ordering::Relaxed).min(expected)
+    ))
+}
+
+async fn idle(
+    server: &Server,
+    transport: &str,
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let seen = Arc::new(Seen::default());
+    // Settle the server's allocations with a few connections first.
+    let warm = clients(server, transport, 10, &seen, false).await?;
+    let before = server.rss_kib();
+    let tasks = clients(server, transport, options.idle + 10, &seen, false).await?;
+    let after = server.rss_kib();
+    warm.iter()
+        .chain(&tasks)
+        .for_each(tokio::task::JoinHandle::abort);
+    Ok(format!(
+        "{:.2} KiB per idle connection ({} connections, RSS {} -> {} KiB)",
+        (after.saturating_sub(before)) as f64 / options.idle.max(1) as f64,
+        options.idle,
+        before,
+        after
+    ))
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The two servers under test, with the same control endpoints.
+mod server {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+    use axum::extract::{FromRequestParts, Path, Request, State};
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use axum::serve::ListenerExt;
+    use futures_util::stream;
+    use tokio::sync::broadcast;
+    use tower_fanout::{Hub, StreamLayer};
+
+    use super::{Infallible, TOPIC, now_nanos, raise_fd_limit};
+
+    /// The hand-rolled hub: one broadcast channel per topic behind one lock.
+    type Topics = Arc<Mutex<HashMap<String, broadcast::Sender<String>>>>;
+
+    #[derive(Clone)]
+    enum Publisher {
+        Hub(Hub),
+        Baseline(Topics),
+    }
+
+    impl Publisher {
+        fn publish(&self, payload: String) {
+            match self {
+                Self::Hub(hub) => {
+                    hub.broadcast(TOPIC, payload);
+                }
+                Self::Baseline(topics) => {
+                    if let Some(sender) = topics.lock().expect("not poisoned").get(TOPIC) {
+                        let _ = sender.send(payload);
+                    }
+                }
+            }
+        }
+
+        fn subscribers(&self) -> usize {
+            match self {
+                Self::Hub(hub) => hub.stats().subscribers,
+                Self::Baseline(topics) => topics
+                    .lock()
+                    .expect("not poisoned")
+                    .get(TOPIC)
+                    .map_or(0, broadcast::Sender::receiver_count),
+            }
+        }
+    }
+
+    pub(super) async fn run(
+        kind: &str,
+        addr: SocketAddr,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        raise_fd_limit();
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let app = match kind {
+            "crate" => {
+                let hub = Hub::builder().buffer(4096).build();
+                let layer = StreamLayer::new(hub.clone())
+                    .path("/events/")
+                    .topic(|parts| Ok(parts.uri.path().trim_start_matches("/events/").to_owned()));
+                control(Publisher::Hub(hub)).layer(layer)
+            }
+            "baseline" => {
+                let topics = Topics::default();
+                let streams = Router::new()
+                    .route("/events/{topic}", get(baseline_stream))
+                    .with_state(Arc::clone(&topics));
+                control(Publisher::Baseline(topics)).merge(streams)
+            }
+            other => return Err(format!("unknown server {other}").into()),
+        };
+        // Small frames go out at once: without TCP_NODELAY, Nagle's algorithm holds each
+        // one until the previous is acknowledged, which a delayed ACK makes up to 40 ms.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await?;
+        Ok(())
+    }
+
+    fn control(publisher: Publisher) -> Router {
+        Router::new()
+            .route(
+                "/subscribers",
+                post(|State(p): State<Publisher>| async move { p.subscribers().to_string() }),
+            )
+            .route("/burst", post(burst))
+            .route("/steady", post(steady))
+            .with_state(publisher)
+    }
+
+    fn param(uri: &http::Uri, name: &str) -> usize {
+        uri.query()
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            })
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A payload of `size` bytes that starts with the time it was made.
+    fn payload(size: usize) -> String {
+        let mut payload = format!("{:020}", now_nanos());
+        payload.extend(std::iter::repeat_n('x', size.saturating_sub(20)));
+        payload
+    }
+
+    async fn burst(State(publisher): State<Publisher>, uri: http::Uri) -> &'static str {
+        let size = param(&uri, "size");
+        for _ in 0..param(&uri, "count") {
+            publisher.publish(payload(size));
+        }
+        "done"
+    }
+
+    async fn steady(State(publisher): State<Publisher>, uri: http::Uri) -> &'static str {
+        let (rate, seconds, size) = (
+            param(&uri, "rate").max(1),
+            param(&uri, "seconds"),
+            param(&uri, "size"),
+        );
+        let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+        for _ in 0..rate * seconds {
+            ticks.tick().await;
+            publisher.publish(payload(size));
+        }
+        "done"
+    }
+
+    /// What a hand-rolled endpoint looks like: WebSocket if the request upgrades, SSE if not.
+    async fn baseline_stream(
+        State(topics): State<Topics>,
+        Path(topic): Path<String>,
+        request: Request,
+    ) -> Response {
+        let receiver = topics
+            .lock()
+            .expect("not poisoned")
+            .entry(topic)
+            .or_insert_with(|| broadcast::channel(4096).0)
+            .subscribe();
+        let (mut parts, _body) = request.into_parts();
+        match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade.on_upgrade(move |socket| baseline_socket(socket, receiver)),
+            Err(_) => {
+                let events = stream::unfold(receiver, |mut receiver| async move {
+                    loop {
+                        match receiver.recv().await {
+                            Ok(data) => {
+                                return Some((
+                                    Ok::<_, Infallible>(Event::default().data(data)),
+                                    receiver,
+                                ));
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                });
+                Sse::new(events)
+                    .keep_alive(KeepAlive::default())
+                    .into_response()
+            }
+        }
+    }
+
+    async fn baseline_socket(mut socket: WebSocket, mut receiver: broadcast::Receiver<String>) {
+        loop {
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(data) => {
+                        if socket.send(Message::Text(data.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => if !matches!(incoming, Some(Ok(_))) { return },
+            }
+        }
+    }
+}
