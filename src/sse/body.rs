@@ -3,15 +3,19 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep, sleep};
 
 use crate::layer::Config;
-use crate::{RecvError, Resume, Subscription};
+use crate::{Event, RecvError, Resume, Subscription};
+
+/// Events gathered into one frame at most.
+const BATCH: usize = 64;
 
 /// A comment line, which every client ignores: it keeps idle connections alive through
 /// proxies that cut quiet streams.
@@ -28,6 +32,8 @@ pub(crate) struct SseBody {
     keep_alive: Duration,
     quiet: Pin<Box<Sleep>>,
     span: tracing::Span,
+    /// Events taken from the subscription for the frame being made.
+    batch: Vec<Arc<Event>>,
 }
 
 impl SseBody {
@@ -52,6 +58,7 @@ impl SseBody {
             keep_alive,
             quiet: Box::pin(sleep(keep_alive)),
             span,
+            batch: Vec::new(),
         }
     }
 
@@ -73,10 +80,26 @@ impl Body for SseBody {
         if let Some(opening) = this.opening.take() {
             return this.sent(opening);
         }
-        match this.subscription.poll_recv(cx) {
-            // One frame per event: the shared encoding goes out without a copy, and hyper
-            // gathers what is ready into one write.
-            Poll::Ready(Ok(event)) => this.sent(event.to_sse()),
+        match this.subscription.poll_recv_many(cx, &mut this.batch, BATCH) {
+            Poll::Ready(Ok(_)) => {
+                // A lone event goes out as its shared encoding, without a copy; a burst is
+                // gathered into one frame, one chunk for hyper to frame and write.
+                let data = match this.batch.as_slice() {
+                    [event] => event.to_sse(),
+                    events => {
+                        let encoded: Vec<Bytes> =
+                            events.iter().map(|event| event.to_sse()).collect();
+                        let mut data =
+                            BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
+                        encoded
+                            .iter()
+                            .for_each(|bytes| data.extend_from_slice(bytes));
+                        data.freeze()
+                    }
+                };
+                this.batch.clear();
+                this.sent(data)
+            }
             Poll::Ready(Err(RecvError::Lagged(missed))) => {
                 this.span
                     .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));

@@ -48,9 +48,10 @@ pub(super) async fn serve(
             }
         };
         // The library's defaults buffer 128 KiB per connection; an idle push connection
-        // needs little, and the buffers grow when a message needs it.
+        // needs little: the read buffer is refilled 1 KiB at a time, and larger messages
+        // are still read whole.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             // Flushed after every burst, the buffer holds at most a burst; the bound only
             // stops a connection whose writes fail from growing it.
