@@ -374,6 +374,7 @@ async fn steady(
     let seen = Arc::new(Seen::default());
     let tasks = clients(server, transport, options.clients, &seen, true).await?;
     let expected = (options.clients * RATE * SECONDS) as u64;
+    let cpu = server.cpu();
     server
         .control(&format!(
             "/steady?rate={RATE}&seconds={SECONDS}&size={}",
@@ -381,6 +382,7 @@ async fn steady(
         ))
         .await?;
     wait_delivered(&seen, expected).await;
+    let cpu = server.cpu().saturating_sub(cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
     let latencies = std::mem::take(&mut *seen.latencies.lock().expect("not poisoned"));
     let spreads = seen
@@ -391,9 +393,10 @@ async fn steady(
         .map(|(first, last)| last - first)
         .collect();
     Ok(format!(
-        "latency {}  first-to-last {}  missing {}",
+        "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {}",
         percentiles(latencies),
         percentiles(spreads),
+        cpu.as_secs_f64() * 1e6 / expected.max(1) as f64,
         expected - seen.delivered.load(Ordering::Relaxed).min(expected)
     ))
 }
