@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -234,23 +233,34 @@ struct Seen {
 }
 
 impl Seen {
-    fn record(&self, payload: &[u8], spread: bool) {
+    /// Records one delivery into the client's `batch` (latencies of one read); `flush`
+    /// hands a batch over, so that clients share a lock once per read, not per event.
+    fn record(&self, batch: &mut Vec<u64>, payload: &[u8], spread: bool) {
         let arrived = now_nanos();
         let sent: u64 = std::str::from_utf8(payload.get(..20).unwrap_or_default())
             .ok()
             .and_then(|t| t.parse().ok())
             .unwrap_or(arrived);
-        self.latencies
-            .lock()
-            .expect("not poisoned")
-            .push(arrived.saturating_sub(sent));
+        batch.push(arrived.saturating_sub(sent));
         if spread {
             let mut arrivals = self.arrivals.lock().expect("not poisoned");
             let entry = arrivals.entry(sent).or_insert((arrived, arrived));
             entry.0 = entry.0.min(arrived);
             entry.1 = entry.1.max(arrived);
         }
-        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush(&self, batch: &mut Vec<u64>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.latencies
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(batch);
+        self.delivered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
     }
 }
 
@@ -267,13 +277,40 @@ async fn clients(
         let seen = Arc::clone(seen);
         let task = match transport {
             "ws" => {
-                let url = format!("ws://{}/events/{TOPIC}", server.addr);
-                let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+                // A minimal reader of server frames (unmasked, RFC 6455 section 5.2), so
+                // that the clients, which share the machine with the server, cost little.
+                let mut stream = TcpStream::connect(server.addr).await?;
+                let request = format!(
+                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).await?;
                 tokio::spawn(async move {
-                    while let Some(Ok(message)) = socket.next().await {
-                        if message.is_text() || message.is_binary() {
-                            seen.record(&message.into_data(), spread);
+                    let mut buffer = vec![0; 64 * 1024];
+                    let mut pending = Vec::new();
+                    let mut batch = Vec::new();
+                    let mut upgraded = false;
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
                         }
+                        pending.extend_from_slice(&buffer[..n]);
+                        if !upgraded {
+                            let Some(end) = find(&pending, b"\r\n\r\n") else {
+                                continue;
+                            };
+                            pending.drain(..end + 4);
+                            upgraded = true;
+                        }
+                        let mut start = 0;
+                        while let Some((opcode, payload, next)) = ws_frame(&pending[start..]) {
+                            if opcode == 1 || opcode == 2 {
+                                seen.record(&mut batch, payload, spread);
+                            }
+                            start += next;
+                        }
+                        pending.drain(..start);
+                        seen.flush(&mut batch);
                     }
                 })
             }
@@ -286,6 +323,7 @@ async fn clients(
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
                     let mut pending = Vec::new();
+                    let mut batch = Vec::new();
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
                             break;
@@ -298,10 +336,15 @@ async fn clients(
                             let Some(end) = find(&pending[from..], b"\n") else {
                                 break;
                             };
-                            seen.record(pending[from..from + end].trim_ascii_start(), spread);
+                            seen.record(
+                                &mut batch,
+                                pending[from..from + end].trim_ascii_start(),
+                                spread,
+                            );
                             start = from + end;
                         }
                         pending.drain(..start);
+                        seen.flush(&mut batch);
                     }
                 })
             }
@@ -310,6 +353,24 @@ async fn clients(
     }
     server.wait_subscribers(count).await?;
     Ok(tasks)
+}
+
+/// The first complete frame in `data`: its opcode, payload and length on the wire.
+fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&first, &second) = (data.first()?, data.get(1)?);
+    let (len, header) = match second & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes(data.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(data.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        len => (usize::from(len), 2),
+    };
+    let payload = data.get(header..header + len)?;
+    Some((first & 0x0f, payload, header + len))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
