@@ -96,8 +96,8 @@ async fn assert_still_serves(addr: SocketAddr, hub: &Hub) {
 async fn a_silent_peer_is_closed_by_the_heartbeat() {
     let hub = Hub::new();
     let layer = StreamLayer::new(hub.clone())
-        .ping_interval(Duration::from_millis(50))
-        .ping_timeout(Duration::from_millis(100));
+        .ping_interval(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(400));
     let addr = serve(layer).await;
 
     // Upgrades, then neither reads nor answers pings: a vanished phone.
