@@ -485,19 +485,11 @@ async fn idle(
     ))
 }
 
+#[path = "../tests/support/fd_limit.rs"]
+mod fd_limit;
+
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    fd_limit::raise_fd_limit(u64::MAX);
 }
 
 /// The two servers under test, with the same control endpoints.

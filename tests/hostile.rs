@@ -2,6 +2,8 @@
 //! serving others, and the hub's subscribers return to zero.
 
 mod common;
+#[path = "support/fd_limit.rs"]
+mod fd_limit;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tower_fanout::{Hub, LagPolicy, StreamLayer};
 use tower_layer::Layer;
 
@@ -138,14 +140,7 @@ async fn protocol_violations_close_only_that_connection_with_the_right_code() {
     let mut client = ws_connect(&format!("ws://{addr}/?topic=t")).await;
     let frame = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
     client.send(Message::Frame(frame)).await.expect("send");
-    let close = loop {
-        match timeout(WAIT, client.next()).await.expect("in time") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Invalid));
+    assert_eq!(common::close_code(&mut client).await, Some(1007));
 
     // An unmasked client frame: 1002.
     let mut raw = raw_upgraded(addr).await;
@@ -325,7 +320,11 @@ async fn an_sse_client_that_never_reads_holds_only_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_clients_connect_and_drop_at_once() {
     const CLIENTS: usize = 2_000;
-    raise_fd_limit(4 * CLIENTS as u64 + 256);
+    let wanted = 4 * CLIENTS as u64 + 256;
+    assert!(
+        fd_limit::raise_fd_limit(wanted) >= wanted,
+        "the hard open-file limit is below {wanted}"
+    );
     let hub = Hub::new();
     let addr = serve(StreamLayer::new(hub.clone())).await;
 
@@ -342,26 +341,6 @@ async fn two_thousand_clients_connect_and_drop_at_once() {
     wait_until("all gone", || hub.stats().subscribers == 0).await;
     assert_eq!(hub.stats().topics, 0);
     assert_still_serves(addr, &hub).await;
-}
-
-fn raise_fd_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    #[allow(unsafe_code)]
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= wanted,
-        "the hard file-descriptor limit is below {wanted}"
-    );
 }
 
 fn rss_kib() -> u64 {

@@ -76,7 +76,6 @@ async fn options_shape_the_streams() {
 
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let hub = Hub::new();
     let layer = StreamLayer::new(hub.clone())
@@ -103,14 +102,7 @@ async fn options_shape_the_streams() {
         .send(Message::binary(vec![0; 2048]))
         .await
         .expect("send");
-    let close = loop {
-        match timeout(WAIT, socket.next()).await.expect("in time") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Size));
+    assert_eq!(common::close_code(&mut socket).await, Some(1009));
     wait_until("the closed connection unsubscribed", || {
         hub.stats().subscribers == 0
     })

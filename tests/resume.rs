@@ -212,18 +212,7 @@ async fn disconnecting_a_topic_closes_its_connections() {
     wait_until("subscribed", || hub.stats().subscribers == 2).await;
     assert_eq!(hub.disconnect("device"), 2);
 
-    use futures_util::StreamExt;
-    let close = loop {
-        match tokio::time::timeout(common::WAIT, socket.next())
-            .await
-            .expect("in time")
-        {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|frame| u16::from(frame.code)), Some(1000));
+    assert_eq!(common::close_code(&mut socket).await, Some(1000));
     // The response ends (EventSource then reconnects by itself).
     tokio::time::timeout(common::WAIT, sse.until_end())
         .await

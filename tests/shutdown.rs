@@ -6,7 +6,6 @@ mod common;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,8 +14,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
@@ -54,14 +51,7 @@ async fn shut_down(
         .expect("graceful shutdown finished with streams open");
 
     for mut socket in open.sockets {
-        let close = loop {
-            match timeout(WAIT, socket.next()).await.expect("in time") {
-                Some(Ok(Message::Close(frame))) => break frame,
-                Some(Ok(_)) => {}
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        };
-        assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Away));
+        assert_eq!(common::close_code(&mut socket).await, Some(1001));
     }
     for client in open.streams {
         let mut rest = Vec::new();

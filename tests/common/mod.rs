@@ -269,6 +269,20 @@ pub async fn next_text(socket: &mut Ws) -> String {
     }
 }
 
+/// The code of the close frame the server sends next, skipping other frames.
+pub async fn close_code(socket: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a close frame in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// A layer on `/events` whose `on_message` records each text message and echoes it to
 /// the sender.
 pub fn recording_layer(hub: Hub) -> (StreamLayer, Arc<Mutex<Vec<String>>>) {
