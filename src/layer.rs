@@ -180,8 +180,8 @@ impl StreamLayer {
     /// How often the server pings each WebSocket client; at least 1 ms. Default: 30 s.
     ///
     /// A client that sends nothing at all, no pong and no message, for the ping interval
-    /// plus the [ping timeout](Self::ping_timeout) is closed (1001) and unsubscribed: this
-    /// is how a vanished peer, whose TCP connection is half open, is found.
+    /// plus the [ping timeout](Self::ping_timeout) is closed (1001) and unsubscribed at the
+    /// next ping: this is how a vanished peer, whose TCP connection is half open, is found.
     pub fn ping_interval(self, interval: Duration) -> Self {
         let interval = interval.max(Duration::from_millis(1));
         self.configure(|config| config.ping_interval = interval)

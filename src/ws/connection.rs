@@ -9,7 +9,7 @@ use http::Extensions;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -95,18 +95,20 @@ where
     let mut batch = Vec::with_capacity(BATCH);
     let mut pings = interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Checked at each ping, so that a connection needs one timer, not two.
     let allowed_silence = config.ping_interval + config.ping_timeout;
-    let silence = sleep(allowed_silence);
-    tokio::pin!(silence);
+    let mut last_heard = Instant::now();
 
     let close = loop {
         tokio::select! {
             _ = pings.tick() => {
+                if last_heard.elapsed() >= allowed_silence {
+                    break Some((CloseCode::Away, "ping timeout"));
+                }
                 if !write(&mut socket, std::iter::once(Message::Ping(Bytes::new())), config).await {
                     break Some((CloseCode::Again, "write timed out"));
                 }
             }
-            () = &mut silence => break Some((CloseCode::Away, "ping timeout")),
             received = subscription.recv_many(&mut batch, BATCH) => match received {
                 Ok(_) => {
                     let frames = batch.drain(..).map(|event| event_frame(&event, config));
@@ -133,7 +135,7 @@ where
             }
             message = socket.next() => {
                 if matches!(message, Some(Ok(_))) {
-                    silence.as_mut().reset(Instant::now() + allowed_silence);
+                    last_heard = Instant::now();
                 }
                 match message {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
