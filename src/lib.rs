@@ -1,5 +1,10 @@
 //! `tower-fanout` turns a tower/hyper HTTP stack into a real-time push server.
 //!
+//! [`StreamLayer`] answers WebSocket upgrades and Server-Sent-Events requests on any tower
+//! service (hyper, axum, tonic), resolves a topic from each request and subscribes the
+//! connection to a [`Hub`]; every other request reaches the inner service untouched. A
+//! [`backplane`] shares broadcasts between processes (Redis, with the `redis` feature).
+//!
 //! Its heart is the [`Hub`]: a lock-sharded, topic-keyed fan-out of [`Event`]s.
 //! [`Hub::broadcast`] is a plain function that reaches every current [`Subscription`] of a
 //! topic without ever waiting for one; each event is stored once and shared by all
