@@ -12,7 +12,7 @@
 //! hub tells the backplane when a topic gains its first subscriber and when it is
 //! forgotten.
 //!
-//! With the `redis` feature, [`RedisBackplane`] does this through Redis pub/sub:
+//! With the `redis` feature, `RedisBackplane` does this through Redis pub/sub:
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
