@@ -169,15 +169,7 @@ impl Server {
 
     /// The server's resident memory, in KiB.
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            })
-            .unwrap_or(0)
+        process::rss_kib(&self.child.id().to_string())
     }
 
     /// Sends a control request and returns the body of the answer.
@@ -485,11 +477,11 @@ async fn idle(
     ))
 }
 
-#[path = "../tests/support/fd_limit.rs"]
-mod fd_limit;
+#[path = "../tests/support/process.rs"]
+mod process;
 
 fn raise_fd_limit() {
-    fd_limit::raise_fd_limit(u64::MAX);
+    process::raise_fd_limit(u64::MAX);
 }
 
 /// The two servers under test, with the same control endpoints.

@@ -55,6 +55,7 @@ pub struct StreamLayer {
     pub(crate) config: Arc<Config>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) hub: Hub,
     pub(crate) path: Option<String>,
@@ -229,26 +230,6 @@ impl fmt::Debug for StreamLayer {
         f.debug_struct("StreamLayer")
             .field("config", &self.config)
             .finish()
-    }
-}
-
-impl Clone for Config {
-    fn clone(&self) -> Self {
-        Self {
-            hub: self.hub.clone(),
-            path: self.path.clone(),
-            topic: Arc::clone(&self.topic),
-            on_message: self.on_message.clone(),
-            origins: self.origins.clone(),
-            read_limit: self.read_limit,
-            write_timeout: self.write_timeout,
-            binary: self.binary,
-            keep_alive: self.keep_alive,
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            retry: self.retry,
-            websocket_ids: self.websocket_ids,
-        }
     }
 }
 

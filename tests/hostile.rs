@@ -2,8 +2,8 @@
 //! serving others, and the hub's subscribers return to zero.
 
 mod common;
-#[path = "support/fd_limit.rs"]
-mod fd_limit;
+#[path = "support/process.rs"]
+mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -254,7 +254,7 @@ async fn a_client_that_stops_reading_is_closed_and_delays_no_one() {
     let mut fast = ws_connect(&format!("ws://{addr}/?topic=t")).await;
     let mut sse = SseClient::connect(addr, "/?topic=t").await;
     wait_until("three subscribers", || hub.stats().subscribers == 3).await;
-    let rss_before = rss_kib();
+    let rss_before = process::rss_kib("self");
 
     let payload = "x".repeat(100);
     for chunk in 0..EVENTS / CHUNK {
@@ -268,7 +268,7 @@ async fn a_client_that_stops_reading_is_closed_and_delays_no_one() {
             assert!(sse.next_event().await.data.starts_with(&expected));
         }
     }
-    let rss_after = rss_kib();
+    let rss_after = process::rss_kib("self");
     println!("test process RSS: {rss_before} KiB before, {rss_after} KiB after {EVENTS} events");
 
     // The slow reader was cut off: by the write timeout (1013) or for lagging (1008).
@@ -322,7 +322,7 @@ async fn two_thousand_clients_connect_and_drop_at_once() {
     const CLIENTS: usize = 2_000;
     let wanted = 4 * CLIENTS as u64 + 256;
     assert!(
-        fd_limit::raise_fd_limit(wanted) >= wanted,
+        process::raise_fd_limit(wanted) >= wanted,
         "the hard open-file limit is below {wanted}"
     );
     let hub = Hub::new();
@@ -341,16 +341,4 @@ async fn two_thousand_clients_connect_and_drop_at_once() {
     wait_until("all gone", || hub.stats().subscribers == 0).await;
     assert_eq!(hub.stats().topics, 0);
     assert_still_serves(addr, &hub).await;
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
-        })
-        .unwrap_or(0)
 }

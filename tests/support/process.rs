@@ -1,5 +1,6 @@
-//! Raising the process's open-file limit, for tests and load tools that open thousands of
-//! sockets. Shared by `tests/hostile.rs` and `examples/loadtest.rs`.
+//! Facts about processes that tests and load tools need: raising the open-file limit,
+//! reading resident memory. Shared by `tests/hostile.rs` and `examples/loadtest.rs`.
+#![allow(dead_code)]
 
 /// Raises the soft limit on open files towards `wanted`, as far as the hard limit allows,
 /// and returns the soft limit in force.
@@ -25,4 +26,17 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// The resident memory of process `pid` (`"self"` for this one), in KiB; 0 when unknown.
+pub fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0)
 }
