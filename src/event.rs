@@ -43,6 +43,8 @@ pub struct Event {
     retry: Option<Duration>,
     /// The Server-Sent-Events wire form, encoded on first use.
     sse: OnceLock<Bytes>,
+    /// Whether the data is UTF-8 (a WebSocket text frame), checked on first use.
+    utf8: OnceLock<bool>,
 }
 
 impl Event {
@@ -58,6 +60,7 @@ impl Event {
             id: None,
             retry: None,
             sse: OnceLock::new(),
+            utf8: OnceLock::new(),
         }
     }
 
@@ -114,6 +117,13 @@ impl Event {
     /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
     pub fn data(&self) -> &Bytes {
         &self.data
+    }
+
+    /// Whether the data is UTF-8, checked once for all the subscribers of a broadcast.
+    pub(crate) fn is_utf8(&self) -> bool {
+        *self
+            .utf8
+            .get_or_init(|| std::str::from_utf8(&self.data).is_ok())
     }
 
     /// The event type, if set.

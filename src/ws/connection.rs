@@ -1,27 +1,47 @@
-//! The task that serves one WebSocket connection: subscription, client messages and
-//! direct sends in one loop.
+//! The task that serves one WebSocket connection: its subscription, the client's messages,
+//! direct sends and the heartbeat, in one poll loop.
+//!
+//! Everything the server sends goes through one outgoing buffer, in order. Event frames
+//! are encoded straight into it; the WebSocket library, which reads and checks the
+//! client's frames, writes its automatic replies (pong, the close reply) into it as well.
+//! Whatever a wake-up gathered leaves in one write, and one timer serves both the
+//! heartbeat and the write deadline, so a delivery costs a hub read, a copy into the
+//! buffer and a write.
 
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::Extensions;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
-use tokio_tungstenite::WebSocketStream;
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError};
 use tracing::Instrument;
 
-use super::{Connection, DIRECT_QUEUE, Inbound, LOST, event_frame};
+use super::frame::{self, Opcode};
+use super::{Connection, DIRECT_QUEUE, Direct, Inbound, LOST};
 use crate::layer::Config;
-use crate::{CloseReason, RecvError, Resume, Subscription};
+use crate::{CloseReason, Event, RecvError, Resume, Subscription};
 
-/// Events taken from the subscription per write: fed in one burst, flushed once.
+/// Events taken from the subscription at once.
 const BATCH: usize = 64;
+/// Bytes waiting for the client beyond which the connection takes no more events and reads
+/// no more messages until the client has read some; the hub's ring holds what follows.
+const HIGH_WATER: usize = 64 * 1024;
+/// The capacity an emptied outgoing buffer keeps; more, left by a burst, is freed.
+const RETAINED: usize = 16 * 1024;
+/// Rounds of reading, gathering and writing one wake-up may do before yielding.
+const ROUNDS: usize = 16;
+/// Client messages handled per round.
+const READS: usize = 64;
 
 pub(super) async fn serve(
     on_upgrade: OnUpgrade,
@@ -47,170 +67,398 @@ pub(super) async fn serve(
                 );
             }
         };
-        // The library's defaults buffer 128 KiB per connection; an idle push connection
-        // needs little: the read buffer is refilled 1 KiB at a time, and larger messages
-        // are still read whole.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .write_buffer_size(16 * 1024)
-            // Flushed after every burst, the buffer holds at most a burst; the bound only
-            // stops a connection whose writes fail from growing it.
-            .max_write_buffer_size(64 * 1024 * 1024)
-            .max_message_size(Some(config.read_limit))
-            .max_frame_size(Some(config.read_limit));
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
         tracing::debug!("connection opened");
-        match run(socket, subscription, resume, &config, &extensions).await {
-            Some((code, reason)) => {
-                tracing::debug!(code = u16::from(code), reason, "connection closed")
-            }
-            None => tracing::debug!("connection closed by the client"),
+        let mut session = Session::new(TokioIo::new(upgraded), subscription, &config, &extensions);
+        if config.websocket_ids && resume == Resume::EventsLost {
+            frame::put(&mut session.out, Opcode::Text, &[], LOST.as_bytes());
         }
+        let mut timer = pin!(sleep_until(session.next_ping));
+        let end = poll_fn(|cx| session.poll_serve(cx, timer.as_mut())).await;
+        session.finish(end).await;
     }
     .instrument(span)
     .await;
 }
 
-/// Serves until the connection ends; returns the close code and reason sent, if any.
-async fn run<S>(
-    mut socket: WebSocketStream<S>,
-    mut subscription: Subscription,
-    resume: Resume,
-    config: &Config,
-    extensions: &Extensions,
-) -> Option<(CloseCode, &'static str)>
+/// Why serving stopped.
+enum End {
+    /// The server closes the connection with this code and reason.
+    Close(CloseCode, &'static str),
+    /// The client closed the connection; its close is answered.
+    ClosedByClient,
+    /// The connection is gone: reset, or closed without a close frame.
+    Gone,
+}
+
+struct Session<'a, S> {
+    io: S,
+    /// Reads and checks the client's frames; its replies go to `out`.
+    protocol: WebSocketContext,
+    /// Bytes for the client; the first `written` of them have been written.
+    out: Vec<u8>,
+    written: usize,
+    subscription: Subscription,
+    /// Events received and not yet encoded: those from `next` on.
+    batch: Vec<Arc<Event>>,
+    next: usize,
+    /// The handle `on_message` handlers send through, and its queue; only with a handler.
+    direct: Option<(Connection, mpsc::Receiver<Direct>)>,
+    config: &'a Config,
+    extensions: &'a Extensions,
+    next_ping: Instant,
+    last_heard: Instant,
+    /// When the bytes waiting in `out` must have been written by.
+    write_deadline: Option<Instant>,
+}
+
+impl<'a, S> Session<'a, S>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    if config.websocket_ids
-        && resume == Resume::EventsLost
-        && !write(&mut socket, std::iter::once(Message::text(LOST)), config).await
-    {
-        return None;
+    fn new(
+        io: S,
+        subscription: Subscription,
+        config: &'a Config,
+        extensions: &'a Extensions,
+    ) -> Self {
+        // The library's defaults buffer 128 KiB per connection; an idle push connection
+        // needs little: the read buffer is refilled 1 KiB at a time, and larger messages
+        // are still read whole. Its writes go straight through to `out`.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(config.read_limit))
+            .max_frame_size(Some(config.read_limit));
+        let direct = config.on_message.is_some().then(|| {
+            let (direct, queue) = mpsc::channel(DIRECT_QUEUE);
+            (Connection { direct }, queue)
+        });
+        let now = Instant::now();
+        Self {
+            io,
+            protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
+            out: Vec::new(),
+            written: 0,
+            subscription,
+            batch: Vec::new(),
+            next: 0,
+            direct,
+            config,
+            extensions,
+            next_ping: now + config.ping_interval,
+            last_heard: now,
+            write_deadline: None,
+        }
     }
-    let (direct, mut direct_rx) = mpsc::channel::<Message>(DIRECT_QUEUE);
-    let connection = Connection { direct };
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut pings = interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Checked at each ping, so that a connection needs one timer, not two.
-    let allowed_silence = config.ping_interval + config.ping_timeout;
-    let mut last_heard = Instant::now();
 
-    let close = loop {
-        tokio::select! {
-            _ = pings.tick() => {
-                if last_heard.elapsed() >= allowed_silence {
-                    break Some((CloseCode::Away, "ping timeout"));
+    /// Serves until the connection ends, and says why it did.
+    fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
+        let mut rounds = 0;
+        loop {
+            if timer.as_mut().poll(cx).is_ready() {
+                if let Some(end) = self.on_timer() {
+                    return Poll::Ready(end);
                 }
-                if !write(&mut socket, std::iter::once(Message::Ping(Bytes::new())), config).await {
-                    break Some((CloseCode::Again, "write timed out"));
+                timer.as_mut().reset(self.next_deadline());
+                continue;
+            }
+            if rounds == ROUNDS {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            rounds += 1;
+
+            let mut progress = false;
+            if self.has_room() {
+                match self.read_messages(cx) {
+                    Ok(read) => progress |= read,
+                    Err(end) => return Poll::Ready(end),
                 }
             }
-            received = subscription.recv_many(&mut batch, BATCH) => match received {
-                Ok(_) => {
-                    let frames = batch.drain(..).map(|event| event_frame(&event, config));
-                    if !write(&mut socket, frames, config).await {
-                        break Some((CloseCode::Again, "write timed out"));
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "lagged: events skipped");
-                }
-                Err(RecvError::Closed(CloseReason::Lagged)) => {
-                    break Some((CloseCode::Policy, "too slow to keep up"));
-                }
-                Err(RecvError::Closed(CloseReason::Disconnected)) => {
-                    break Some((CloseCode::Normal, "disconnected by the server"));
-                }
-                Err(RecvError::Closed(_)) => break Some((CloseCode::Away, "server shutting down")),
-            },
-            Some(first) = direct_rx.recv() => {
-                let queued = std::iter::from_fn(|| direct_rx.try_recv().ok());
-                if !write(&mut socket, std::iter::once(first).chain(queued), config).await {
-                    break Some((CloseCode::Again, "write timed out"));
+            if self.has_room() {
+                match self.take_events(cx) {
+                    Ok(taken) => progress |= taken,
+                    Err(end) => return Poll::Ready(end),
                 }
             }
-            message = socket.next() => {
-                if matches!(message, Some(Ok(_))) {
-                    last_heard = Instant::now();
-                }
-                match message {
-                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    let (data, text) = match message {
-                        Message::Text(text) => (Bytes::from(text), true),
-                        other => (other.into_data(), false),
-                    };
-                    deliver(config, &subscription, extensions, &connection, data, text);
-                    // Replies the handler queued go out before the next message is read,
-                    // so a client that sends faster than it reads cannot fill the queue.
-                    let replies: Vec<Message> = std::iter::from_fn(|| direct_rx.try_recv().ok()).collect();
-                    if !replies.is_empty() && !write(&mut socket, replies.into_iter(), config).await {
-                        break Some((CloseCode::Again, "write timed out"));
+            progress |= self.take_direct(cx);
+            match self.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.write_deadline = None,
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Pending if self.write_deadline.is_none() => {
+                    let deadline = Instant::now() + self.config.write_timeout;
+                    self.write_deadline = Some(deadline);
+                    if deadline < timer.deadline() {
+                        timer.as_mut().reset(deadline);
+                        // Polled at the top of the loop, so its waker is registered.
+                        continue;
                     }
                 }
-                // The library queues the pong (or the close reply); send it now.
-                Some(Ok(Message::Ping(_) | Message::Close(_))) => {
-                    if timeout(config.write_timeout, socket.flush()).await.is_err() {
-                        break None;
-                    }
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The timer fired: a ping is due, the client has been silent too long, or a write
+    /// has taken too long.
+    fn on_timer(&mut self) -> Option<End> {
+        let now = Instant::now();
+        if self.write_deadline.is_some_and(|deadline| now >= deadline) {
+            return Some(End::Close(CloseCode::Again, "write timed out"));
+        }
+        if now >= self.next_ping {
+            // Checked at each ping, so that a connection needs one timer, not two.
+            let allowed_silence = self.config.ping_interval + self.config.ping_timeout;
+            if now.duration_since(self.last_heard) >= allowed_silence {
+                return Some(End::Close(CloseCode::Away, "ping timeout"));
+            }
+            frame::put(&mut self.out, Opcode::Ping, &[], &[]);
+            self.next_ping = now + self.config.ping_interval;
+        }
+        None
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.write_deadline
+            .map_or(self.next_ping, |deadline| deadline.min(self.next_ping))
+    }
+
+    /// Whether the client has read enough that more may be queued for it.
+    fn has_room(&self) -> bool {
+        self.out.len() - self.written < HIGH_WATER
+    }
+
+    /// Reads and handles what the client sent; true when a message was read.
+    fn read_messages(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let mut read = false;
+        for _ in 0..READS {
+            if !self.has_room() {
+                break;
+            }
+            let mut stream = Stream {
+                io: &mut self.io,
+                cx,
+                out: &mut self.out,
+            };
+            let message = match self.protocol.read(&mut stream) {
+                Ok(message) => message,
+                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(Error::Capacity(_)) => {
+                    return Err(End::Close(CloseCode::Size, "message too big"));
                 }
-                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(Error::Capacity(_))) => break Some((CloseCode::Size, "message too big")),
-                Some(Err(Error::Utf8(_))) => break Some((CloseCode::Invalid, "invalid UTF-8")),
-                Some(Err(Error::Protocol(_))) => break Some((CloseCode::Protocol, "protocol error")),
-                // The client closed, or the connection is gone.
-                Some(Err(_)) | None => break None,
-            }},
+                Err(Error::Utf8(_)) => return Err(End::Close(CloseCode::Invalid, "invalid UTF-8")),
+                Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return Err(End::Gone);
+                }
+                Err(Error::Protocol(_)) => {
+                    return Err(End::Close(CloseCode::Protocol, "protocol error"));
+                }
+                // The connection is gone.
+                Err(_) => return Err(End::Gone),
+            };
+            read = true;
+            self.last_heard = Instant::now();
+            match message {
+                Message::Text(text) => self.deliver(Bytes::from(text), true),
+                Message::Binary(data) => self.deliver(data, false),
+                // The library has queued the pong; move it to `out` now.
+                Message::Ping(_) => {
+                    let _ = self.protocol.flush(&mut stream);
+                }
+                Message::Close(_) => {
+                    // The library has queued the close reply; it goes out in `finish`.
+                    return Err(End::ClosedByClient);
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
+            }
         }
-    };
+        Ok(read)
+    }
 
-    let (code, reason) = close?;
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    // Best effort: a peer that stopped reading cannot receive it anyway.
-    let _ = timeout(config.write_timeout, socket.close(Some(frame))).await;
-    Some((code, reason))
-}
-
-/// Feeds every frame, then flushes once. False when the write failed or timed out.
-async fn write<S>(
-    socket: &mut WebSocketStream<S>,
-    frames: impl Iterator<Item = Message>,
-    config: &Config,
-) -> bool
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let burst = async {
-        for frame in frames {
-            socket.feed(frame).await?;
-        }
-        socket.flush().await
-    };
-    matches!(timeout(config.write_timeout, burst).await, Ok(Ok(())))
-}
-
-fn deliver(
-    config: &Config,
-    subscription: &Subscription,
-    extensions: &Extensions,
-    connection: &Connection,
-    data: Bytes,
-    text: bool,
-) {
-    if let Some(handler) = &config.on_message {
+    /// Hands a message to the `on_message` handler and queues its replies at once, so a
+    /// client that sends faster than it reads cannot fill the direct queue.
+    fn deliver(&mut self, data: Bytes, text: bool) {
+        let (Some(handler), Some((connection, queue))) =
+            (&self.config.on_message, &mut self.direct)
+        else {
+            return;
+        };
         handler(Inbound {
             data,
             text,
-            topic: subscription.topic(),
-            extensions,
-            hub: &config.hub,
+            topic: self.subscription.topic(),
+            extensions: self.extensions,
+            hub: &self.config.hub,
             connection,
         });
+        while let Ok(reply) = queue.try_recv() {
+            put_direct(&mut self.out, &reply);
+        }
+    }
+
+    /// Encodes events from the subscription into `out`; true when there were any.
+    fn take_events(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        if self.next == self.batch.len() {
+            self.batch.clear();
+            self.next = 0;
+            match self.subscription.poll_recv_many(cx, &mut self.batch, BATCH) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                    tracing::debug!(missed, "lagged: events skipped");
+                    return Ok(true);
+                }
+                Poll::Ready(Err(RecvError::Closed(reason))) => {
+                    return Err(End::Close(close_code(reason), close_reason(reason)));
+                }
+            }
+        }
+        while self.next < self.batch.len() && self.has_room() {
+            frame::put_event(&mut self.out, &self.batch[self.next], self.config);
+            self.next += 1;
+        }
+        Ok(true)
+    }
+
+    /// Encodes what was sent through the connection's handle; true when there was any.
+    fn take_direct(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((_, queue)) = &mut self.direct else {
+            return false;
+        };
+        let mut taken = false;
+        while self.out.len() - self.written < HIGH_WATER {
+            match queue.poll_recv(cx) {
+                Poll::Ready(Some(direct)) => {
+                    put_direct(&mut self.out, &direct);
+                    taken = true;
+                }
+                // The session holds a sender itself: the queue never ends while it runs.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        taken
+    }
+
+    /// Writes `out` to the client.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.out.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        while self.written < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    // A client that reads a little at a time must not make `out` grow.
+                    if self.written >= HIGH_WATER {
+                        self.out.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.written = 0;
+        if self.out.capacity() > RETAINED {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Closes the connection as `end` says, sending what is due within the write timeout.
+    async fn finish(mut self, end: End) {
+        match end {
+            // Nothing more can be written to a client that stopped reading.
+            End::Close(code @ CloseCode::Again, reason) => {
+                tracing::debug!(code = u16::from(code), reason, "connection closed");
+            }
+            End::Close(code, reason) => {
+                frame::put_close(&mut self.out, code.into(), reason);
+                self.drain().await;
+                tracing::debug!(code = u16::from(code), reason, "connection closed");
+            }
+            End::ClosedByClient => {
+                poll_fn(|cx| {
+                    let mut stream = Stream {
+                        io: &mut self.io,
+                        cx,
+                        out: &mut self.out,
+                    };
+                    // Writes the close reply; then reports the closing as an error.
+                    let _ = self.protocol.flush(&mut stream);
+                    Poll::Ready(())
+                })
+                .await;
+                self.drain().await;
+                tracing::debug!("connection closed by the client");
+            }
+            End::Gone => tracing::debug!("connection lost"),
+        }
+    }
+
+    /// Best effort: a peer that stopped reading cannot receive it anyway.
+    async fn drain(&mut self) {
+        let _ = timeout(self.config.write_timeout, poll_fn(|cx| self.poll_flush(cx))).await;
+    }
+}
+
+fn put_direct(out: &mut Vec<u8>, direct: &Direct) {
+    let opcode = if direct.text {
+        Opcode::Text
+    } else {
+        Opcode::Binary
+    };
+    frame::put(out, opcode, &[], &direct.data);
+}
+
+fn close_code(reason: CloseReason) -> CloseCode {
+    match reason {
+        CloseReason::Lagged => CloseCode::Policy,
+        CloseReason::Disconnected => CloseCode::Normal,
+        _ => CloseCode::Away,
+    }
+}
+
+fn close_reason(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Lagged => "too slow to keep up",
+        CloseReason::Disconnected => "disconnected by the server",
+        _ => "server shutting down",
+    }
+}
+
+/// The connection as the WebSocket library sees it: reads come from the client, and
+/// writes join the outgoing buffer behind the frames already there.
+struct Stream<'a, 'b, S> {
+    io: &'a mut S,
+    cx: &'a mut Context<'b>,
+    out: &'a mut Vec<u8>,
+}
+
+impl<S: AsyncRead + Unpin> Read for Stream<'_, '_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
+            Poll::Ready(result) => result.map(|()| buf.filled().len()),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<S> Write for Stream<'_, '_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

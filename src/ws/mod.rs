@@ -5,6 +5,7 @@
 //! [`StreamLayer::binary`](crate::StreamLayer::binary) or when the data is not UTF-8.
 
 mod connection;
+mod frame;
 mod handshake;
 mod origin;
 
@@ -16,12 +17,11 @@ use http::request::Parts;
 use http::{Extensions, HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub(crate) use self::handshake::is_upgrade_attempt;
 use crate::body::Prepared;
 use crate::layer::{Config, query_param};
-use crate::{Event, Hub, Rejection};
+use crate::{Hub, Rejection};
 
 /// Frames another part of the program may queue for one connection before
 /// [`Connection::send`] refuses.
@@ -70,29 +70,14 @@ pub(crate) fn accept(
     Ok(response)
 }
 
-/// The frame that carries `event` on a connection configured by `config`.
-pub(crate) fn event_frame(event: &Event, config: &Config) -> Message {
-    if !config.websocket_ids {
-        return frame(event.data(), config.binary);
-    }
-    let id = event.event_id().unwrap_or_default();
-    let mut payload = Vec::with_capacity(id.len() + 1 + event.data().len());
-    payload.extend_from_slice(id.as_bytes());
-    payload.push(b'\n');
-    payload.extend_from_slice(event.data());
-    frame(&Bytes::from(payload), config.binary)
-}
-
 /// What a resumed connection with ids receives first when events were lost.
 pub(crate) const LOST: &str = "\nlost";
 
-/// A WebSocket frame carrying `data`: text unless binary writes are on or the data is not
-/// UTF-8.
-pub(crate) fn frame(data: &Bytes, binary: bool) -> Message {
-    if !binary && let Ok(text) = Utf8Bytes::try_from(data.clone()) {
-        return Message::Text(text);
-    }
-    Message::Binary(data.clone())
+/// A message queued with [`Connection::send`] and its kin.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    data: Bytes,
+    text: bool,
 }
 
 /// A message a WebSocket client sent, with what an `on_message` handler needs to act.
@@ -155,7 +140,7 @@ impl fmt::Debug for Inbound<'_> {
 /// Sends to one WebSocket connection, outside of any topic.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    pub(crate) direct: mpsc::Sender<Message>,
+    pub(crate) direct: mpsc::Sender<Direct>,
 }
 
 /// [`Connection::send`] could not queue the data.
@@ -188,20 +173,28 @@ impl Connection {
     /// [`SendError::Full`] when 64 frames already wait, [`SendError::Closed`] when the
     /// connection has ended.
     pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.queue(frame(&data.into(), false))
+        let data = data.into();
+        let text = std::str::from_utf8(&data).is_ok();
+        self.queue(Direct { data, text })
     }
 
     /// Queues a text frame; never waits. Errors as [`send`](Self::send).
     pub fn send_text(&self, text: impl Into<String>) -> Result<(), SendError> {
-        self.queue(Message::Text(text.into().into()))
+        self.queue(Direct {
+            data: text.into().into(),
+            text: true,
+        })
     }
 
     /// Queues a binary frame; never waits. Errors as [`send`](Self::send).
     pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.queue(Message::Binary(data.into()))
+        self.queue(Direct {
+            data: data.into(),
+            text: false,
+        })
     }
 
-    fn queue(&self, message: Message) -> Result<(), SendError> {
+    fn queue(&self, message: Direct) -> Result<(), SendError> {
         self.direct.try_send(message).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,

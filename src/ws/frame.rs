@@ -1,0 +1,103 @@
+//! Frames the server sends, written straight into a connection's outgoing buffer.
+//!
+//! A server's frames are never masked (RFC 6455, section 5.1), so a frame is a header
+//! and the payload as it is: the event's bytes are copied once, into the buffer that goes
+//! to the socket, with no intermediate message.
+
+use crate::Event;
+use crate::layer::Config;
+
+/// Frame opcodes (RFC 6455, section 5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Opcode {
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+}
+
+/// Appends one final, unmasked frame whose payload is `prefix` then `payload`.
+pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, prefix: &[u8], payload: &[u8]) {
+    let len = prefix.len() + payload.len();
+    out.reserve(10 + len);
+    out.push(0x80 | opcode as u8);
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(payload);
+}
+
+/// Appends the frame that carries `event` on a connection configured by `config`: its
+/// data, after its id and a newline with [`StreamLayer::websocket_ids`]
+/// (crate::StreamLayer::websocket_ids); text unless binary writes are on or the data is
+/// not UTF-8.
+pub(super) fn put_event(out: &mut Vec<u8>, event: &Event, config: &Config) {
+    let opcode = if !config.binary && event.is_utf8() {
+        Opcode::Text
+    } else {
+        Opcode::Binary
+    };
+    if config.websocket_ids {
+        let id = event.event_id().unwrap_or_default();
+        // The id is UTF-8 and so is the newline: the payload is text when the data is.
+        put(out, opcode, &[id.as_bytes(), b"\n"].concat(), event.data());
+    } else {
+        put(out, opcode, &[], event.data());
+    }
+}
+
+/// Appends a close frame with `code` and `reason` (at most 123 bytes, as the limit of a
+/// control frame leaves).
+pub(super) fn put_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    put(out, Opcode::Close, &code.to_be_bytes(), reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    use super::*;
+
+    /// Parses `bytes` back with the WebSocket library: one whole frame, and its payload.
+    fn parse(bytes: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let (header, len) = FrameHeader::parse(&mut cursor)
+            .expect("a valid header")
+            .expect("a whole header");
+        let start = cursor.position() as usize;
+        assert_eq!(bytes.len() - start, len as usize, "one frame, nothing more");
+        let frame = Frame::from_payload(header.clone(), bytes[start..].to_vec().into());
+        (header, frame.into_payload().to_vec())
+    }
+
+    #[test]
+    fn every_length_encoding_reads_back() {
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x10000] {
+            let payload = vec![b'a'; len];
+            let mut out = Vec::new();
+            put(&mut out, Opcode::Binary, b"", &payload);
+            let (header, read) = parse(&out);
+            assert!(header.is_final);
+            assert!(header.mask.is_none(), "server frames are not masked");
+            assert_eq!(read.len(), len);
+        }
+    }
+
+    #[test]
+    fn close_frames_carry_code_then_reason() {
+        let mut out = Vec::new();
+        put_close(&mut out, 1013, "write timed out");
+        let (_, payload) = parse(&out);
+        assert_eq!(&payload[..2], &1013u16.to_be_bytes());
+        assert_eq!(&payload[2..], b"write timed out");
+    }
+}
