@@ -215,44 +215,70 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// What the clients of a phase saw.
+/// What the clients of a phase saw. Each client records into its own list, so that
+/// clients share nothing but a counter while the load runs.
 #[derive(Default)]
 struct Seen {
     delivered: AtomicU64,
-    /// Latency in nanoseconds per delivery, and the arrival per (event, client).
-    latencies: Mutex<Vec<u64>>,
-    arrivals: Mutex<HashMap<u64, (u64, u64)>>,
+    clients: Mutex<Vec<Arc<Mutex<Vec<Arrival>>>>>,
+}
+
+/// One delivery: when its event was published and when the client read it (ns).
+#[derive(Clone, Copy)]
+struct Arrival {
+    sent: u64,
+    arrived: u64,
 }
 
 impl Seen {
-    /// Records one delivery into the client's `batch` (latencies of one read); `flush`
-    /// hands a batch over, so that clients share a lock once per read, not per event.
-    fn record(&self, batch: &mut Vec<u64>, payload: &[u8], spread: bool) {
+    /// A new client's list.
+    fn client(&self) -> Arc<Mutex<Vec<Arrival>>> {
+        let list = Arc::default();
+        self.clients
+            .lock()
+            .expect("not poisoned")
+            .push(Arc::clone(&list));
+        list
+    }
+
+    /// Records one delivery into `batch` (the deliveries of one read); `flush` hands a
+    /// batch to the client's list.
+    fn record(batch: &mut Vec<Arrival>, payload: &[u8]) {
         let arrived = now_nanos();
         let sent: u64 = std::str::from_utf8(payload.get(..20).unwrap_or_default())
             .ok()
             .and_then(|t| t.parse().ok())
             .unwrap_or(arrived);
-        batch.push(arrived.saturating_sub(sent));
-        if spread {
-            let mut arrivals = self.arrivals.lock().expect("not poisoned");
-            let entry = arrivals.entry(sent).or_insert((arrived, arrived));
-            entry.0 = entry.0.min(arrived);
-            entry.1 = entry.1.max(arrived);
-        }
+        batch.push(Arrival { sent, arrived });
     }
 
-    fn flush(&self, batch: &mut Vec<u64>) {
+    fn flush(&self, list: &Mutex<Vec<Arrival>>, batch: &mut Vec<Arrival>) {
         if batch.is_empty() {
             return;
         }
-        self.latencies
-            .lock()
-            .expect("not poisoned")
-            .extend_from_slice(batch);
+        list.lock().expect("not poisoned").extend_from_slice(batch);
         self.delivered
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
+    }
+
+    /// Every delivery's latency, and for every event the time between its first and its
+    /// last delivery (ns).
+    fn results(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut latencies = Vec::new();
+        let mut events: HashMap<u64, (u64, u64)> = HashMap::new();
+        for list in self.clients.lock().expect("not poisoned").iter() {
+            for arrival in list.lock().expect("not poisoned").iter() {
+                latencies.push(arrival.arrived.saturating_sub(arrival.sent));
+                let (first, last) = events
+                    .entry(arrival.sent)
+                    .or_insert((arrival.arrived, arrival.arrived));
+                *first = (*first).min(arrival.arrived);
+                *last = (*last).max(arrival.arrived);
+            }
+        }
+        let spreads = events.values().map(|(first, last)| last - first).collect();
+        (latencies, spreads)
     }
 }
 
@@ -262,11 +288,11 @@ async fn clients(
     transport: &str,
     count: usize,
     seen: &Arc<Seen>,
-    spread: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {
         let seen = Arc::clone(seen);
+        let list = seen.client();
         let task = match transport {
             "ws" => {
                 // A minimal reader of server frames (unmasked, RFC 6455 section 5.2), so
@@ -297,12 +323,12 @@ async fn clients(
                         let mut start = 0;
                         while let Some((opcode, payload, next)) = ws_frame(&pending[start..]) {
                             if opcode == 1 || opcode == 2 {
-                                seen.record(&mut batch, payload, spread);
+                                Seen::record(&mut batch, payload);
                             }
                             start += next;
                         }
                         pending.drain(..start);
-                        seen.flush(&mut batch);
+                        seen.flush(&list, &mut batch);
                     }
                 })
             }
@@ -328,15 +354,11 @@ async fn clients(
                             let Some(end) = find(&pending[from..], b"\n") else {
                                 break;
                             };
-                            seen.record(
-                                &mut batch,
-                                pending[from..from + end].trim_ascii_start(),
-                                spread,
-                            );
+                            Seen::record(&mut batch, pending[from..from + end].trim_ascii_start());
                             start = from + end;
                         }
                         pending.drain(..start);
-                        seen.flush(&mut batch);
+                        seen.flush(&list, &mut batch);
                     }
                 })
             }
@@ -392,7 +414,7 @@ async fn burst(
     options: &Options,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
-    let tasks = clients(server, transport, options.clients, &seen, false).await?;
+    let tasks = clients(server, transport, options.clients, &seen).await?;
     let expected = (options.clients * options.broadcasts) as u64;
     let cpu = server.cpu();
     let start = Instant::now();
@@ -407,7 +429,7 @@ async fn burst(
     let cpu = server.cpu().saturating_sub(cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
     let delivered = seen.delivered.load(Ordering::Relaxed);
-    let latencies = std::mem::take(&mut *seen.latencies.lock().expect("not poisoned"));
+    let (latencies, _) = seen.results();
     Ok(format!(
         "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery  {}  missing {}",
         delivered as f64 / elapsed.as_secs_f64(),
@@ -425,7 +447,7 @@ async fn steady(
     const RATE: usize = 100;
     const SECONDS: usize = 10;
     let seen = Arc::new(Seen::default());
-    let tasks = clients(server, transport, options.clients, &seen, true).await?;
+    let tasks = clients(server, transport, options.clients, &seen).await?;
     let expected = (options.clients * RATE * SECONDS) as u64;
     let cpu = server.cpu();
     server
@@ -437,14 +459,7 @@ async fn steady(
     wait_delivered(&seen, expected).await;
     let cpu = server.cpu().saturating_sub(cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
-    let latencies = std::mem::take(&mut *seen.latencies.lock().expect("not poisoned"));
-    let spreads = seen
-        .arrivals
-        .lock()
-        .expect("not poisoned")
-        .values()
-        .map(|(first, last)| last - first)
-        .collect();
+    let (latencies, spreads) = seen.results();
     Ok(format!(
         "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {}",
         percentiles(latencies),
@@ -461,9 +476,9 @@ async fn idle(
 ) -> Result<String, Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
     // Settle the server's allocations with a few connections first.
-    let warm = clients(server, transport, 10, &seen, false).await?;
+    let warm = clients(server, transport, 10, &seen).await?;
     let before = server.rss_kib();
-    let tasks = clients(server, transport, options.idle + 10, &seen, false).await?;
+    let tasks = clients(server, transport, options.idle + 10, &seen).await?;
     let after = server.rss_kib();
     warm.iter()
         .chain(&tasks)
