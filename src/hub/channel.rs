@@ -49,8 +49,8 @@ pub(super) struct Retention {
 
 /// What a subscriber found when it read from a channel.
 pub(super) enum Read {
-    /// This many events were handed over.
-    Events(usize),
+    /// This many events were handed over; `caught_up` when they were the newest.
+    Events { count: usize, caught_up: bool },
     /// The subscriber's cursor had fallen out of the ring; it now points at the oldest
     /// retained event, and this many events were missed.
     Lagged(u64),
@@ -193,7 +193,10 @@ impl ChannelState {
         }
         *cursor += count as u64;
         self.trim();
-        Read::Events(count)
+        Read::Events {
+            count,
+            caught_up: start + count == self.ring.len(),
+        }
     }
 
     /// Forgets a subscriber at `cursor`: the events it has not read are no longer held

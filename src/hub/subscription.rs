@@ -140,8 +140,21 @@ impl Subscription {
         buffer: &mut Vec<Arc<Event>>,
         limit: usize,
     ) -> Poll<Result<usize, RecvError>> {
+        self.poll_batch(cx, buffer, limit)
+            .map_ok(|(count, _)| count)
+    }
+
+    /// Polls for a batch of events, as [`poll_recv_many`](Self::poll_recv_many), and says
+    /// whether the batch ended at the newest event; the waker is then registered already,
+    /// and no further poll is needed until it is woken.
+    pub(crate) fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer: &mut Vec<Arc<Event>>,
+        limit: usize,
+    ) -> Poll<Result<(usize, bool), RecvError>> {
         if limit == 0 {
-            return Poll::Ready(Ok(0));
+            return Poll::Ready(Ok((0, false)));
         }
         self.poll_read(cx, limit, |event| buffer.push(event))
     }
@@ -151,7 +164,7 @@ impl Subscription {
         cx: &mut Context<'_>,
         limit: usize,
         deliver: impl FnMut(Arc<Event>),
-    ) -> Poll<Result<usize, RecvError>> {
+    ) -> Poll<Result<(usize, bool), RecvError>> {
         if let Some(reason) = self.closed {
             return Poll::Ready(Err(RecvError::Closed(reason)));
         }
@@ -161,7 +174,14 @@ impl Subscription {
             return Poll::Ready(Err(RecvError::Closed(CloseReason::Disconnected)));
         }
         match channel.read(&mut self.cursor, limit, deliver) {
-            Read::Events(count) => Poll::Ready(Ok(count)),
+            Read::Events { count, caught_up } => {
+                // Registered under the same lock, so the caller need not poll again to
+                // learn that there is nothing more.
+                if caught_up {
+                    channel.waiters.register(&mut self.registration, cx.waker());
+                }
+                Poll::Ready(Ok((count, caught_up)))
+            }
             Read::Lagged(missed) => {
                 drop(channel);
                 Poll::Ready(Err(self.lagged(missed)))
