@@ -79,6 +79,7 @@ mod layer;
 mod reject;
 mod service;
 pub mod sse;
+mod wake;
 pub mod ws;
 
 pub use body::ResponseBody;

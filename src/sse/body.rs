@@ -1,17 +1,22 @@
 //! The body of a Server-Sent-Events response: a subscription's pre-encoded events, with a
 //! comment whenever the stream has been quiet for the keep-alive interval.
+//!
+//! The server polls the body whenever the connection's task wakes, several times per
+//! event; the body goes to the hub only when the hub has signalled, and to the timer
+//! only when it is due.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::Instant;
 
 use crate::layer::Config;
+use crate::wake::{Alarm, Signal};
 use crate::{Event, RecvError, Resume, Subscription};
 
 /// Events gathered into one frame at most.
@@ -30,7 +35,12 @@ pub(crate) struct SseBody {
     /// Sent before any event: the `retry:` hint and a comment, so the stream opens at once.
     opening: Option<Bytes>,
     keep_alive: Duration,
-    quiet: Pin<Box<Sleep>>,
+    /// When the last frame went out.
+    last_sent: Instant,
+    /// Rings when the stream may have been quiet for `keep_alive`.
+    quiet: Alarm,
+    /// Raised when the subscription may have events.
+    events: Signal,
     span: tracing::Span,
     /// Events taken from the subscription for the frame being made.
     batch: Vec<Arc<Event>>,
@@ -52,19 +62,38 @@ impl SseBody {
             opening.push_str(LOST);
         }
         let keep_alive = config.keep_alive;
+        let now = Instant::now();
         Self {
             subscription,
             opening: Some(Bytes::from(opening)),
             keep_alive,
-            quiet: Box::pin(sleep(keep_alive)),
+            last_sent: now,
+            quiet: Alarm::new(now + keep_alive),
+            events: Signal::new(),
             span,
             batch: Vec::new(),
         }
     }
 
     fn sent(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.quiet.as_mut().reset(Instant::now() + self.keep_alive);
+        // The alarm is not moved for every frame (a trip to the timer wheel): when it
+        // rings, it is set again from the last frame.
+        self.last_sent = Instant::now();
         Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// Whether the stream has now been quiet for the keep-alive interval.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.quiet.poll_rung(cx) {
+            let due = self.last_sent + self.keep_alive;
+            let now = Instant::now();
+            if now >= due {
+                self.quiet.set(now + self.keep_alive);
+                return true;
+            }
+            self.quiet.set(due);
+        }
+        false
     }
 }
 
@@ -80,41 +109,53 @@ impl Body for SseBody {
         if let Some(opening) = this.opening.take() {
             return this.sent(opening);
         }
-        match this.subscription.poll_recv_many(cx, &mut this.batch, BATCH) {
-            Poll::Ready(Ok(_)) => {
-                // A lone event goes out as its shared encoding, without a copy; a burst is
-                // gathered into one frame, one chunk for hyper to frame and write.
-                let data = match this.batch.as_slice() {
-                    [event] => event.to_sse(),
-                    events => {
-                        let encoded: Vec<Bytes> =
-                            events.iter().map(|event| event.to_sse()).collect();
-                        let mut data =
-                            BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
-                        encoded
-                            .iter()
-                            .for_each(|bytes| data.extend_from_slice(bytes));
-                        data.freeze()
+        if this.events.take(cx.waker()) {
+            let mut events_cx = Context::from_waker(this.events.waker());
+            match this
+                .subscription
+                .poll_batch(&mut events_cx, &mut this.batch, BATCH)
+            {
+                Poll::Ready(Ok((_, caught_up))) => {
+                    if !caught_up {
+                        this.events.raise();
                     }
-                };
-                this.batch.clear();
-                this.sent(data)
-            }
-            Poll::Ready(Err(RecvError::Lagged(missed))) => {
-                this.span
-                    .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
-                this.sent(Bytes::from(format!(": missed {missed} events\n\n")))
-            }
-            Poll::Ready(Err(RecvError::Closed(reason))) => {
-                this.span
-                    .in_scope(|| tracing::debug!(%reason, "stream ended by the server"));
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                ready!(this.quiet.as_mut().poll(cx));
-                this.sent(KEEP_ALIVE)
+                    // A lone event goes out as its shared encoding, without a copy; a
+                    // burst is gathered into one frame, one chunk for hyper to write.
+                    let data = match this.batch.as_slice() {
+                        [event] => event.to_sse(),
+                        events => {
+                            let encoded: Vec<Bytes> =
+                                events.iter().map(|event| event.to_sse()).collect();
+                            let mut data =
+                                BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
+                            encoded
+                                .iter()
+                                .for_each(|bytes| data.extend_from_slice(bytes));
+                            data.freeze()
+                        }
+                    };
+                    this.batch.clear();
+                    return this.sent(data);
+                }
+                Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                    this.events.raise();
+                    this.span
+                        .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
+                    return this.sent(Bytes::from(format!(": missed {missed} events\n\n")));
+                }
+                Poll::Ready(Err(RecvError::Closed(reason))) => {
+                    this.span
+                        .in_scope(|| tracing::debug!(%reason, "stream ended by the server"));
+                    return Poll::Ready(None);
+                }
+                // The hub holds the signal's waker.
+                Poll::Pending => {}
             }
         }
+        if this.poll_quiet(cx) {
+            return this.sent(KEEP_ALIVE);
+        }
+        Poll::Pending
     }
 }
 

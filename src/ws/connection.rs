@@ -10,7 +10,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -20,7 +20,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError};
@@ -29,6 +29,7 @@ use tracing::Instrument;
 use super::frame::{self, Opcode};
 use super::{Connection, DIRECT_QUEUE, Direct, Inbound, LOST};
 use crate::layer::Config;
+use crate::wake::{Alarm, Signal};
 use crate::{CloseReason, Event, RecvError, Resume, Subscription};
 
 /// Events taken from the subscription at once.
@@ -72,8 +73,7 @@ pub(super) async fn serve(
         if config.websocket_ids && resume == Resume::EventsLost {
             frame::put(&mut session.out, Opcode::Text, &[], LOST.as_bytes());
         }
-        let mut timer = pin!(sleep_until(session.next_ping));
-        let end = poll_fn(|cx| session.poll_serve(cx, timer.as_mut())).await;
+        let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
     }
     .instrument(span)
@@ -94,6 +94,8 @@ struct Session<'a, S> {
     io: S,
     /// Reads and checks the client's frames; its replies go to `out`.
     protocol: WebSocketContext,
+    /// Says whether the socket may have something to read.
+    readable: Signal,
     /// Bytes for the client; the first `written` of them have been written.
     out: Vec<u8>,
     written: usize,
@@ -109,6 +111,8 @@ struct Session<'a, S> {
     last_heard: Instant,
     /// When the bytes waiting in `out` must have been written by.
     write_deadline: Option<Instant>,
+    /// Rings for the next ping and for the write deadline, whichever comes first.
+    alarm: Alarm,
 }
 
 impl<'a, S> Session<'a, S>
@@ -137,6 +141,7 @@ where
         Self {
             io,
             protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
+            readable: Signal::new(),
             out: Vec::new(),
             written: 0,
             subscription,
@@ -148,63 +153,62 @@ where
             next_ping: now + config.ping_interval,
             last_heard: now,
             write_deadline: None,
+            alarm: Alarm::new(now + config.ping_interval),
         }
     }
 
     /// Serves until the connection ends, and says why it did.
-    fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
-        let mut rounds = 0;
-        loop {
-            if timer.as_mut().poll(cx).is_ready() {
-                if let Some(end) = self.on_timer() {
+    ///
+    /// Each round reads what the socket signalled, encodes what the subscription and the
+    /// direct queue hold, and writes; another round follows only while a source may
+    /// have more, and a wake-up does at most `ROUNDS` before yielding.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        for _ in 0..ROUNDS {
+            while self.alarm.poll_rung(cx) {
+                if let Some(end) = self.on_alarm() {
                     return Poll::Ready(end);
                 }
-                timer.as_mut().reset(self.next_deadline());
-                continue;
+                self.alarm.set(self.next_deadline());
             }
-            if rounds == ROUNDS {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            rounds += 1;
-
-            let mut progress = false;
+            let mut more = false;
             if self.has_room() {
                 match self.read_messages(cx) {
-                    Ok(read) => progress |= read,
+                    Ok(unread) => more |= unread,
                     Err(end) => return Poll::Ready(end),
                 }
             }
             if self.has_room() {
                 match self.take_events(cx) {
-                    Ok(taken) => progress |= taken,
+                    Ok(pending) => more |= pending,
                     Err(end) => return Poll::Ready(end),
                 }
             }
-            progress |= self.take_direct(cx);
+            more |= self.take_direct(cx);
             match self.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.write_deadline = None,
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                 Poll::Pending if self.write_deadline.is_none() => {
                     let deadline = Instant::now() + self.config.write_timeout;
                     self.write_deadline = Some(deadline);
-                    if deadline < timer.deadline() {
-                        timer.as_mut().reset(deadline);
-                        // Polled at the top of the loop, so its waker is registered.
-                        continue;
+                    if deadline < self.alarm.deadline() {
+                        self.alarm.set(deadline);
+                        // Polled on the next round, which registers it.
+                        more = true;
                     }
                 }
                 Poll::Pending => {}
             }
-            if !progress {
+            if !more {
                 return Poll::Pending;
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
-    /// The timer fired: a ping is due, the client has been silent too long, or a write
+    /// The alarm rang: a ping is due, the client has been silent too long, or a write
     /// has taken too long.
-    fn on_timer(&mut self) -> Option<End> {
+    fn on_alarm(&mut self) -> Option<End> {
         let now = Instant::now();
         if self.write_deadline.is_some_and(|deadline| now >= deadline) {
             return Some(End::Close(CloseCode::Again, "write timed out"));
@@ -231,21 +235,29 @@ where
         self.out.len() - self.written < HIGH_WATER
     }
 
-    /// Reads and handles what the client sent; true when a message was read.
+    /// Reads and handles what the client sent, if the socket said it has something; true
+    /// when it stopped before the socket ran dry.
     fn read_messages(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
-        let mut read = false;
+        if !self.readable.take(cx.waker()) {
+            return Ok(false);
+        }
+        let read_waker = self.readable.waker().clone();
+        let mut read_cx = Context::from_waker(&read_waker);
         for _ in 0..READS {
             if !self.has_room() {
                 break;
             }
             let mut stream = Stream {
                 io: &mut self.io,
-                cx,
+                cx: &mut read_cx,
                 out: &mut self.out,
             };
             let message = match self.protocol.read(&mut stream) {
                 Ok(message) => message,
-                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+                // The socket has registered the signal's waker.
+                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(false);
+                }
                 Err(Error::Capacity(_)) => {
                     return Err(End::Close(CloseCode::Size, "message too big"));
                 }
@@ -259,7 +271,6 @@ where
                 // The connection is gone.
                 Err(_) => return Err(End::Gone),
             };
-            read = true;
             self.last_heard = Instant::now();
             match message {
                 Message::Text(text) => self.deliver(Bytes::from(text), true),
@@ -275,7 +286,9 @@ where
                 Message::Pong(_) | Message::Frame(_) => {}
             }
         }
-        Ok(read)
+        // Stopped before the socket ran dry: read again on the next round.
+        self.readable.raise();
+        Ok(true)
     }
 
     /// Hands a message to the `on_message` handler and queues its replies at once, so a
@@ -299,14 +312,16 @@ where
         }
     }
 
-    /// Encodes events from the subscription into `out`; true when there were any.
+    /// Encodes events from the subscription into `out`; true unless the subscription is
+    /// known to have nothing more until it wakes the task.
     fn take_events(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let mut caught_up = false;
         if self.next == self.batch.len() {
             self.batch.clear();
             self.next = 0;
-            match self.subscription.poll_recv_many(cx, &mut self.batch, BATCH) {
+            match self.subscription.poll_batch(cx, &mut self.batch, BATCH) {
                 Poll::Pending => return Ok(false),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok((_, newest))) => caught_up = newest,
                 Poll::Ready(Err(RecvError::Lagged(missed))) => {
                     tracing::debug!(missed, "lagged: events skipped");
                     return Ok(true);
@@ -320,7 +335,7 @@ where
             frame::put_event(&mut self.out, &self.batch[self.next], self.config);
             self.next += 1;
         }
-        Ok(true)
+        Ok(self.next < self.batch.len() || !caught_up)
     }
 
     /// Encodes what was sent through the connection's handle; true when there was any.
