@@ -9,6 +9,10 @@
 //! cargo run --release --example loadtest -- phases=burst servers=crate transports=ws
 //! ```
 //!
+//! `attach=ADDR` runs the phases against a server already listening at ADDR instead (one
+//! started with `loadtest serve crate|baseline ADDR`, under a profiler for example); the
+//! server's CPU and memory are then not reported.
+//!
 //! Phases, each against a fresh server process:
 //! - `burst`: `clients` clients on one topic; the server publishes `broadcasts` events of
 //!   `size` bytes as fast as it can. Reports deliveries per second, the server's CPU time
@@ -63,6 +67,7 @@ struct Options {
     phases: Vec<String>,
     servers: Vec<String>,
     transports: Vec<String>,
+    attach: Option<SocketAddr>,
 }
 
 impl Options {
@@ -75,6 +80,7 @@ impl Options {
             phases: vec!["burst".into(), "steady".into(), "idle".into()],
             servers: vec!["crate".into(), "baseline".into()],
             transports: vec!["ws".into(), "sse".into()],
+            attach: None,
         };
         for arg in args {
             let (key, value) = arg
@@ -89,6 +95,7 @@ impl Options {
                 "phases" => options.phases = list(),
                 "servers" => options.servers = list(),
                 "transports" => options.transports = list(),
+                "attach" => options.attach = Some(value.parse()?),
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
@@ -102,7 +109,10 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     for phase in &options.phases {
         for transport in &options.transports {
             for kind in &options.servers {
-                let server = Server::start(kind).await?;
+                let server = match options.attach {
+                    Some(addr) => Server { child: None, addr },
+                    None => Server::start(kind).await?,
+                };
                 let line = match phase.as_str() {
                     "burst" => burst(&server, transport, &options).await?,
                     "steady" => steady(&server, transport, &options).await?,
@@ -116,16 +126,18 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A server under test, in a child process of its own.
+/// A server under test, in a child process of its own unless attached to.
 struct Server {
-    child: Child,
+    child: Option<Child>,
     addr: SocketAddr,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -136,7 +148,10 @@ impl Server {
             .args(["serve", kind, &addr.to_string()])
             .stdout(Stdio::null())
             .spawn()?;
-        let server = Self { child, addr };
+        let server = Self {
+            child: Some(child),
+            addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).await.is_err() {
             if Instant::now() > deadline {
@@ -149,8 +164,11 @@ impl Server {
 
     /// The server's user + system CPU time.
     fn cpu(&self) -> Duration {
+        let Some(child) = &self.child else {
+            return Duration::ZERO;
+        };
         let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
         // Fields after the command name, which is in parentheses: utime is the 12th.
         let fields: Vec<&str> = stat
             .rsplit(')')
@@ -169,7 +187,9 @@ impl Server {
 
     /// The server's resident memory, in KiB.
     fn rss_kib(&self) -> u64 {
-        process::rss_kib(&self.child.id().to_string())
+        self.child
+            .as_ref()
+            .map_or(0, |child| process::rss_kib(&child.id().to_string()))
     }
 
     /// Sends a control request and returns the body of the answer.
