@@ -13,6 +13,9 @@
 //! started with `loadtest serve crate|baseline ADDR`, under a profiler for example); the
 //! server's CPU and memory are then not reported.
 //!
+//! `servers=bare` adds the floor: a server with no hub and no HTTP or WebSocket library,
+//! which encodes each event once and appends it to every connection's queue.
+//!
 //! Phases, each against a fresh server process:
 //! - `burst`: `clients` clients on one topic; the server publishes `broadcasts` events of
 //!   `size` bytes as fast as it can. Reports deliveries per second, the server's CPU time
@@ -581,6 +584,7 @@ mod server {
         raise_fd_limit();
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
+            "bare" => return super::bare::run(listener).await,
             "crate" => {
                 let hub = Hub::builder().buffer(4096).build();
                 let layer = StreamLayer::new(hub.clone())
@@ -617,7 +621,7 @@ mod server {
             .with_state(publisher)
     }
 
-    fn param(uri: &http::Uri, name: &str) -> usize {
+    pub(super) fn param(uri: &http::Uri, name: &str) -> usize {
         uri.query()
             .and_then(|q| {
                 q.split('&')
@@ -628,7 +632,7 @@ mod server {
     }
 
     /// A payload of `size` bytes that starts with the time it was made.
-    fn payload(size: usize) -> String {
+    pub(super) fn payload(size: usize) -> String {
         let mut payload = format!("{:020}", now_nanos());
         payload.extend(std::iter::repeat_n('x', size.saturating_sub(20)));
         payload
@@ -708,5 +712,143 @@ mod server {
                 incoming = socket.recv() => if !matches!(incoming, Some(Ok(_))) { return },
             }
         }
+    }
+}
+
+/// The floor to measure against: no hub, no HTTP or WebSocket library. Each event is
+/// encoded once, as a WebSocket frame and as an SSE chunk, and appended to every
+/// connection's queue; each connection writes whatever its queue holds in one write.
+/// Requests are read by hand, and a connection stays listed after it closes: each phase
+/// has a server of its own.
+mod bare {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    use super::server::{param, payload};
+
+    #[derive(Default)]
+    struct Queue {
+        bytes: Mutex<Vec<u8>>,
+        ready: Notify,
+    }
+
+    #[derive(Default)]
+    struct Streams {
+        ws: Mutex<Vec<Arc<Queue>>>,
+        sse: Mutex<Vec<Arc<Queue>>>,
+    }
+
+    impl Streams {
+        fn publish(&self, payload: &str) {
+            let mut frame = vec![0x81];
+            match u16::try_from(payload.len()) {
+                Ok(len @ 0..=125) => frame.push(len as u8),
+                Ok(len) => {
+                    frame.push(126);
+                    frame.extend_from_slice(&len.to_be_bytes());
+                }
+                Err(_) => {
+                    frame.push(127);
+                    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(payload.as_bytes());
+            let event = format!("data: {payload}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            for (list, bytes) in [(&self.ws, &frame[..]), (&self.sse, chunk.as_bytes())] {
+                for queue in list.lock().expect("not poisoned").iter() {
+                    queue
+                        .bytes
+                        .lock()
+                        .expect("not poisoned")
+                        .extend_from_slice(bytes);
+                    queue.ready.notify_one();
+                }
+            }
+        }
+
+        fn count(&self) -> usize {
+            self.ws.lock().expect("not poisoned").len() + self.sse.lock().expect("not poisoned").len()
+        }
+    }
+
+    pub(super) async fn run(listener: TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+        let streams = Arc::new(Streams::default());
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve(stream, Arc::clone(&streams)));
+        }
+    }
+
+    async fn serve(mut stream: TcpStream, streams: Arc<Streams>) {
+        let mut head = Vec::new();
+        let mut buffer = [0; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let Some(Ok(uri)) = head.split(' ').nth(1).map(str::parse::<http::Uri>) else {
+            return;
+        };
+        if uri.path().starts_with("/events/") {
+            let (opening, list) = if head.contains("upgrade: websocket") {
+                (
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    &streams.ws,
+                )
+            } else {
+                (
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    &streams.sse,
+                )
+            };
+            if stream.write_all(opening.as_bytes()).await.is_err() {
+                return;
+            }
+            let queue = Arc::<Queue>::default();
+            list.lock().expect("not poisoned").push(Arc::clone(&queue));
+            let mut out = Vec::new();
+            loop {
+                queue.ready.notified().await;
+                std::mem::swap(&mut out, &mut *queue.bytes.lock().expect("not poisoned"));
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        let size = param(&uri, "size");
+        let body = match uri.path() {
+            "/subscribers" => streams.count().to_string(),
+            "/burst" => {
+                for _ in 0..param(&uri, "count") {
+                    streams.publish(&payload(size));
+                }
+                "done".to_owned()
+            }
+            "/steady" => {
+                let rate = param(&uri, "rate").max(1);
+                let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+                for _ in 0..rate * param(&uri, "seconds") {
+                    ticks.tick().await;
+                    streams.publish(&payload(size));
+                }
+                "done".to_owned()
+            }
+            _ => String::new(),
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
     }
 }
