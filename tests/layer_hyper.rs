@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use tokio::time::timeout;
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
@@ -129,4 +131,41 @@ async fn options_shape_the_streams() {
     let body = sse.body_until(b":\n\n").await;
     let body = String::from_utf8(body).expect("text");
     assert!(body.starts_with(":ok\nretry: 2500\n\n"), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_keep_alive_comments_only_fill_quiet_stretches() {
+    const EVENTS: usize = 80;
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).keep_alive(Duration::from_secs(1));
+    let addr = serve_hyper(layer.layer(Inner)).await;
+    let mut sse = common::SseClient::connect(addr, "/?topic=t").await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // Events 25 ms apart for two keep-alive intervals: the stream is
+    // never quiet, so no comment goes between them.
+    let publisher = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(25));
+            for i in 0..EVENTS {
+                ticks.tick().await;
+                hub.broadcast("t", format!("event {i}"));
+            }
+        }
+    });
+    let body = sse
+        .body_until(format!("event {}\n", EVENTS - 1).as_bytes())
+        .await;
+    publisher.await.expect("published");
+    let body = String::from_utf8(body).expect("utf-8");
+    let first = body.find("data: event 0\n").expect("the first event");
+    assert!(
+        !body[first..].contains(":\n\n"),
+        "a keep-alive comment between events: {body:?}"
+    );
+
+    // Then the stream is quiet, and a comment comes after the interval.
+    let quiet = sse.body_until(b":\n\n").await;
+    assert!(!String::from_utf8_lossy(&quiet).contains("data:"));
 }
