@@ -772,7 +772,8 @@ mod bare {
         }
 
         fn count(&self) -> usize {
-            self.ws.lock().expect("not poisoned").len() + self.sse.lock().expect("not poisoned").len()
+            self.ws.lock().expect("not poisoned").len()
+                + self.sse.lock().expect("not poisoned").len()
         }
     }
 

@@ -129,7 +129,7 @@ impl Subscription {
     /// Polls for the next event; the waker is woken when one arrives.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Arc<Event>, RecvError>> {
         let mut received = None;
-        self.poll_read(cx, 1, |event| received = Some(event))
+        self.poll_read(cx, 1, false, |event| received = Some(event))
             .map_ok(|_| received.expect("a read of one event delivers one event"))
     }
 
@@ -140,13 +140,18 @@ impl Subscription {
         buffer: &mut Vec<Arc<Event>>,
         limit: usize,
     ) -> Poll<Result<usize, RecvError>> {
-        self.poll_batch(cx, buffer, limit)
+        if limit == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_read(cx, limit, false, |event| buffer.push(event))
             .map_ok(|(count, _)| count)
     }
 
     /// Polls for a batch of events, as [`poll_recv_many`](Self::poll_recv_many), and says
     /// whether the batch ended at the newest event; the waker is then registered already,
-    /// and no further poll is needed until it is woken.
+    /// and no further poll is needed until it is woken. (The public methods do not
+    /// register early: a task that reads again before the next broadcast would be woken
+    /// for nothing.)
     pub(crate) fn poll_batch(
         &mut self,
         cx: &mut Context<'_>,
@@ -156,13 +161,14 @@ impl Subscription {
         if limit == 0 {
             return Poll::Ready(Ok((0, false)));
         }
-        self.poll_read(cx, limit, |event| buffer.push(event))
+        self.poll_read(cx, limit, true, |event| buffer.push(event))
     }
 
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         limit: usize,
+        register_when_caught_up: bool,
         deliver: impl FnMut(Arc<Event>),
     ) -> Poll<Result<(usize, bool), RecvError>> {
         if let Some(reason) = self.closed {
@@ -177,7 +183,7 @@ impl Subscription {
             Read::Events { count, caught_up } => {
                 // Registered under the same lock, so the caller need not poll again to
                 // learn that there is nothing more.
-                if caught_up {
+                if caught_up && register_when_caught_up {
                     channel.waiters.register(&mut self.registration, cx.waker());
                 }
                 Poll::Ready(Ok((count, caught_up)))
