@@ -192,11 +192,10 @@ impl ChannelState {
             deliver(Arc::clone(&slot.event));
         }
         *cursor += count as u64;
+        // Before trimming, which shifts the ring's indices.
+        let caught_up = start + count == self.ring.len();
         self.trim();
-        Read::Events {
-            count,
-            caught_up: start + count == self.ring.len(),
-        }
+        Read::Events { count, caught_up }
     }
 
     /// Forgets a subscriber at `cursor`: the events it has not read are no longer held

@@ -270,3 +270,29 @@ impl Drop for Subscription {
         shard.dropped.fetch_add(missed, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_short_of_the_newest_event_is_not_caught_up() {
+        let hub = Hub::new();
+        let mut subscription = hub.subscribe("t");
+        hub.broadcast("t", "first");
+        hub.broadcast("t", "second");
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+
+        // Reading the first event frees it, which shifts the ring: the second is still
+        // there to read.
+        let first = subscription.poll_batch(&mut cx, &mut batch, 1);
+        assert!(matches!(first, Poll::Ready(Ok((1, false)))), "{first:?}");
+        let second = subscription.poll_batch(&mut cx, &mut batch, 1);
+        assert!(matches!(second, Poll::Ready(Ok((1, true)))), "{second:?}");
+        assert!(subscription.poll_batch(&mut cx, &mut batch, 1).is_pending());
+        assert_eq!(batch.len(), 2);
+    }
+}
