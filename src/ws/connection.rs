@@ -390,8 +390,10 @@ where
     /// Closes the connection as `end` says, sending what is due within the write timeout.
     async fn finish(mut self, end: End) {
         match end {
-            // Nothing more can be written to a client that stopped reading.
+            // A client that stopped reading gets one try, without waiting again.
             End::Close(code @ CloseCode::Again, reason) => {
+                frame::put_close(&mut self.out, code.into(), reason);
+                let _ = poll_fn(|cx| Poll::Ready(self.poll_flush(cx))).await;
                 tracing::debug!(code = u16::from(code), reason, "connection closed");
             }
             End::Close(code, reason) => {
