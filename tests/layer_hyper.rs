@@ -169,3 +169,38 @@ async fn sse_keep_alive_comments_only_fill_quiet_stretches() {
     let quiet = sse.body_until(b":\n\n").await;
     assert!(!String::from_utf8_lossy(&quiet).contains("data:"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_reach_every_connection_whole_and_in_order() {
+    const BURSTS: usize = 200;
+    const EVENTS: usize = 100;
+    let hub = Hub::new();
+    let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let mut sockets = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        sockets.push(common::ws_connect(&format!("ws://{addr}/?topic=t")).await);
+        streams.push(common::SseClient::connect(addr, "/?topic=t").await);
+    }
+    wait_until("six subscribers", || hub.stats().subscribers == 6).await;
+
+    // The readers stand at different points of one ring, which frees what all have read
+    // as they go; each burst ends with nothing more to wake them. Every connection gets
+    // every event of every burst.
+    for burst in 0..BURSTS {
+        let first = burst * EVENTS;
+        for i in first..first + EVENTS {
+            hub.broadcast("t", i.to_string());
+        }
+        for socket in &mut sockets {
+            for i in first..first + EVENTS {
+                assert_eq!(common::next_text(socket).await, i.to_string());
+            }
+        }
+        for sse in &mut streams {
+            for i in first..first + EVENTS {
+                assert_eq!(sse.next_event().await.data, i.to_string());
+            }
+        }
+    }
+}
