@@ -25,7 +25,9 @@
 //!   p50/p99/max and the spread between the first and the last subscriber of each event.
 //! - `idle`: `idle` idle connections; reports the server's RSS growth per connection.
 //!
-//! Every loop is bounded in count and time; the server process is killed at the end.
+//! Every loop is bounded in count and time; the server process is killed at the end. The
+//! tool exits with an error when a delivery is missing: the servers keep 4 096 events
+//! per subscriber, so up to that many broadcasts none may be lost.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -109,6 +111,7 @@ impl Options {
 async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     raise_fd_limit();
     println!("{options:?}");
+    let mut missing = 0;
     for phase in &options.phases {
         for transport in &options.transports {
             for kind in &options.servers {
@@ -116,15 +119,20 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     Some(addr) => Server { child: None, addr },
                     None => Server::start(kind).await?,
                 };
-                let line = match phase.as_str() {
+                let (line, missed) = match phase.as_str() {
                     "burst" => burst(&server, transport, &options).await?,
                     "steady" => steady(&server, transport, &options).await?,
                     "idle" => idle(&server, transport, &options).await?,
                     other => return Err(format!("unknown phase {other}").into()),
                 };
                 println!("{phase:6} {transport:3} {kind:8} {line}");
+                missing += missed;
             }
         }
+    }
+    // Within the servers' 4 096-event buffers, a missing delivery is a bug.
+    if missing > 0 {
+        return Err(format!("{missing} deliveries missing").into());
     }
     Ok(())
 }
@@ -435,7 +443,7 @@ async fn burst(
     server: &Server,
     transport: &str,
     options: &Options,
-) -> Result<String, Box<dyn std::error::Error>> {
+) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
     let tasks = clients(server, transport, options.clients, &seen).await?;
     let expected = (options.clients * options.broadcasts) as u64;
@@ -452,21 +460,22 @@ async fn burst(
     let cpu = server.cpu().saturating_sub(cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
     let delivered = seen.delivered.load(Ordering::Relaxed);
+    let missing = expected - delivered.min(expected);
     let (latencies, _) = seen.results();
-    Ok(format!(
-        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery  {}  missing {}",
+    let line = format!(
+        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery  {}  missing {missing}",
         delivered as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
         percentiles(latencies),
-        expected - delivered.min(expected)
-    ))
+    );
+    Ok((line, missing))
 }
 
 async fn steady(
     server: &Server,
     transport: &str,
     options: &Options,
-) -> Result<String, Box<dyn std::error::Error>> {
+) -> Result<(String, u64), Box<dyn std::error::Error>> {
     const RATE: usize = 100;
     const SECONDS: usize = 10;
     let seen = Arc::new(Seen::default());
@@ -482,21 +491,22 @@ async fn steady(
     wait_delivered(&seen, expected).await;
     let cpu = server.cpu().saturating_sub(cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    let missing = expected - seen.delivered.load(Ordering::Relaxed).min(expected);
     let (latencies, spreads) = seen.results();
-    Ok(format!(
-        "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {}",
+    let line = format!(
+        "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {missing}",
         percentiles(latencies),
         percentiles(spreads),
         cpu.as_secs_f64() * 1e6 / expected.max(1) as f64,
-        expected - seen.delivered.load(Ordering::Relaxed).min(expected)
-    ))
+    );
+    Ok((line, missing))
 }
 
 async fn idle(
     server: &Server,
     transport: &str,
     options: &Options,
-) -> Result<String, Box<dyn std::error::Error>> {
+) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
     // Settle the server's allocations with a few connections first.
     let warm = clients(server, transport, 10, &seen).await?;
@@ -506,13 +516,14 @@ async fn idle(
     warm.iter()
         .chain(&tasks)
         .for_each(tokio::task::JoinHandle::abort);
-    Ok(format!(
+    let line = format!(
         "{:.2} KiB per idle connection ({} connections, RSS {} -> {} KiB)",
         (after.saturating_sub(before)) as f64 / options.idle.max(1) as f64,
         options.idle,
         before,
         after
-    ))
+    );
+    Ok((line, 0))
 }
 
 #[path = "../tests/support/process.rs"]
