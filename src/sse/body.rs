@@ -119,21 +119,7 @@ impl Body for SseBody {
                     if !caught_up {
                         this.events.raise();
                     }
-                    // A lone event goes out as its shared encoding, without a copy; a
-                    // burst is gathered into one frame, one chunk for hyper to write.
-                    let data = match this.batch.as_slice() {
-                        [event] => event.to_sse(),
-                        events => {
-                            let encoded: Vec<Bytes> =
-                                events.iter().map(|event| event.to_sse()).collect();
-                            let mut data =
-                                BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
-                            encoded
-                                .iter()
-                                .for_each(|bytes| data.extend_from_slice(bytes));
-                            data.freeze()
-                        }
-                    };
+                    let data = gather(&this.batch);
                     this.batch.clear();
                     return this.sent(data);
                 }
@@ -157,6 +143,20 @@ impl Body for SseBody {
         }
         Poll::Pending
     }
+}
+
+/// A lone event goes out as its shared encoding, without a copy; a burst is gathered into
+/// one frame, one chunk for hyper to write.
+fn gather(events: &[Arc<Event>]) -> Bytes {
+    if let [event] = events {
+        return event.to_sse();
+    }
+    let encoded: Vec<Bytes> = events.iter().map(|event| event.to_sse()).collect();
+    let mut data = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
+    encoded
+        .iter()
+        .for_each(|bytes| data.extend_from_slice(bytes));
+    data.freeze()
 }
 
 impl Drop for SseBody {

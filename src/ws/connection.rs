@@ -71,7 +71,7 @@ pub(super) async fn serve(
         tracing::debug!("connection opened");
         let mut session = Session::new(TokioIo::new(upgraded), subscription, &config, &extensions);
         if config.websocket_ids && resume == Resume::EventsLost {
-            frame::put(&mut session.out, Opcode::Text, &[], LOST.as_bytes());
+            frame::put(&mut session.out, Opcode::Text, &[LOST.as_bytes()]);
         }
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
@@ -219,7 +219,7 @@ where
             if now.duration_since(self.last_heard) >= allowed_silence {
                 return Some(End::Close(CloseCode::Away, "ping timeout"));
             }
-            frame::put(&mut self.out, Opcode::Ping, &[], &[]);
+            frame::put(&mut self.out, Opcode::Ping, &[]);
             self.next_ping = now + self.config.ping_interval;
         }
         None
@@ -327,7 +327,7 @@ where
                     return Ok(true);
                 }
                 Poll::Ready(Err(RecvError::Closed(reason))) => {
-                    return Err(End::Close(close_code(reason), close_reason(reason)));
+                    return Err(closed_by_hub(reason));
                 }
             }
         }
@@ -340,11 +340,11 @@ where
 
     /// Encodes what was sent through the connection's handle; true when there was any.
     fn take_direct(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((_, queue)) = &mut self.direct else {
-            return false;
-        };
         let mut taken = false;
-        while self.out.len() - self.written < HIGH_WATER {
+        while self.has_room() {
+            let Some((_, queue)) = &mut self.direct else {
+                break;
+            };
             match queue.poll_recv(cx) {
                 Poll::Ready(Some(direct)) => {
                     put_direct(&mut self.out, &direct);
@@ -390,15 +390,14 @@ where
     /// Closes the connection as `end` says, sending what is due within the write timeout.
     async fn finish(mut self, end: End) {
         match end {
-            // A client that stopped reading gets one try, without waiting again.
-            End::Close(code @ CloseCode::Again, reason) => {
-                frame::put_close(&mut self.out, code.into(), reason);
-                let _ = poll_fn(|cx| Poll::Ready(self.poll_flush(cx))).await;
-                tracing::debug!(code = u16::from(code), reason, "connection closed");
-            }
             End::Close(code, reason) => {
                 frame::put_close(&mut self.out, code.into(), reason);
-                self.drain().await;
+                if code == CloseCode::Again {
+                    // A client that stopped reading gets one try, without waiting again.
+                    let _ = poll_fn(|cx| Poll::Ready(self.poll_flush(cx))).await;
+                } else {
+                    self.drain().await;
+                }
                 tracing::debug!(code = u16::from(code), reason, "connection closed");
             }
             End::ClosedByClient => {
@@ -432,22 +431,15 @@ fn put_direct(out: &mut Vec<u8>, direct: &Direct) {
     } else {
         Opcode::Binary
     };
-    frame::put(out, opcode, &[], &direct.data);
+    frame::put(out, opcode, &[&direct.data]);
 }
 
-fn close_code(reason: CloseReason) -> CloseCode {
+/// How the connection closes when its subscription ended for `reason`.
+fn closed_by_hub(reason: CloseReason) -> End {
     match reason {
-        CloseReason::Lagged => CloseCode::Policy,
-        CloseReason::Disconnected => CloseCode::Normal,
-        _ => CloseCode::Away,
-    }
-}
-
-fn close_reason(reason: CloseReason) -> &'static str {
-    match reason {
-        CloseReason::Lagged => "too slow to keep up",
-        CloseReason::Disconnected => "disconnected by the server",
-        _ => "server shutting down",
+        CloseReason::Lagged => End::Close(CloseCode::Policy, "too slow to keep up"),
+        CloseReason::Disconnected => End::Close(CloseCode::Normal, "disconnected by the server"),
+        _ => End::Close(CloseCode::Away, "server shutting down"),
     }
 }
 

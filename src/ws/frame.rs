@@ -16,9 +16,9 @@ pub(super) enum Opcode {
     Ping = 0x9,
 }
 
-/// Appends one final, unmasked frame whose payload is `prefix` then `payload`.
-pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, prefix: &[u8], payload: &[u8]) {
-    let len = prefix.len() + payload.len();
+/// Appends one final, unmasked frame whose payload is `parts`, one after another.
+pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, parts: &[&[u8]]) {
+    let len = parts.iter().map(|part| part.len()).sum();
     out.reserve(10 + len);
     out.push(0x80 | opcode as u8);
     match len {
@@ -32,14 +32,14 @@ pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, prefix: &[u8], payload: &[u
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
 }
 
 /// Appends the frame that carries `event` on a connection configured by `config`: its
-/// data, after its id and a newline with [`StreamLayer::websocket_ids`]
-/// (crate::StreamLayer::websocket_ids); text unless binary writes are on or the data is
-/// not UTF-8.
+/// data, after its id and a newline with `websocket_ids`; text unless binary writes are
+/// on or the data is not UTF-8.
 pub(super) fn put_event(out: &mut Vec<u8>, event: &Event, config: &Config) {
     let opcode = if !config.binary && event.is_utf8() {
         Opcode::Text
@@ -49,16 +49,20 @@ pub(super) fn put_event(out: &mut Vec<u8>, event: &Event, config: &Config) {
     if config.websocket_ids {
         let id = event.event_id().unwrap_or_default();
         // The id is UTF-8 and so is the newline: the payload is text when the data is.
-        put(out, opcode, &[id.as_bytes(), b"\n"].concat(), event.data());
+        put(out, opcode, &[id.as_bytes(), b"\n", event.data()]);
     } else {
-        put(out, opcode, &[], event.data());
+        put(out, opcode, &[event.data()]);
     }
 }
 
 /// Appends a close frame with `code` and `reason` (at most 123 bytes, as the limit of a
 /// control frame leaves).
 pub(super) fn put_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    put(out, Opcode::Close, &code.to_be_bytes(), reason.as_bytes());
+    put(
+        out,
+        Opcode::Close,
+        &[&code.to_be_bytes(), reason.as_bytes()],
+    );
 }
 
 #[cfg(test)]
@@ -84,7 +88,7 @@ mod tests {
         for len in [0, 1, 125, 126, 127, 0xffff, 0x10000] {
             let payload = vec![b'a'; len];
             let mut out = Vec::new();
-            put(&mut out, Opcode::Binary, b"", &payload);
+            put(&mut out, Opcode::Binary, &[&payload]);
             let (header, read) = parse(&out);
             assert!(header.is_final);
             assert!(header.mask.is_none(), "server frames are not masked");
