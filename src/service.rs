@@ -63,18 +63,13 @@ where
 
 fn wants_event_stream<B>(request: &Request<B>) -> bool {
     request.method() == Method::GET
-        && request
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|media| {
-                media
-                    .split(';')
-                    .next()
-                    .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
-            })
+        && ws::list_items(request.headers(), &header::ACCEPT).any(|media| {
+            // A media type may carry parameters: `text/event-stream; q=1`.
+            media
+                .split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }
 
 fn sse_response(

@@ -69,13 +69,21 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 }
 
 /// Whether a comma-separated header lists `token`, case-insensitively.
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_items(headers, name).any(|item| item.eq_ignore_ascii_case(token))
+}
+
+/// The items of a comma-separated header, over all its lines, trimmed.
+pub(crate) fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 /// A base64 encoding of 16 bytes: 22 characters of the alphabet and `==`.

@@ -18,7 +18,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::mpsc;
 
-pub(crate) use self::handshake::is_upgrade_attempt;
+pub(crate) use self::handshake::{is_upgrade_attempt, list_items};
 use crate::body::Prepared;
 use crate::layer::{Config, query_param};
 use crate::{Hub, Rejection};
