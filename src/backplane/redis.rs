@@ -58,6 +58,13 @@ struct Shared {
     counters: Counters,
 }
 
+impl Shared {
+    /// The Redis channel of `topic`.
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     connected: AtomicBool,
@@ -177,7 +184,7 @@ impl Backplane for RedisBackplane {
 
     fn publish(&self, topic: &str, event: &Arc<Event>) {
         let message = wire::encode(self.shared.node, event);
-        let channel = format!("{}{topic}", self.shared.prefix);
+        let channel = self.shared.channel(topic);
         if self.shared.publishes.try_send((channel, message)).is_err() {
             self.shared
                 .counters
@@ -280,10 +287,7 @@ async fn connect(
     let publisher = shared.client.get_multiplexed_async_connection().await?;
     let (mut sink, stream) = shared.client.get_async_pubsub().await?.split();
     // Many channels per command: 100 000 topics take 100 round trips, not 100 000.
-    let channels: Vec<String> = topics
-        .iter()
-        .map(|topic| format!("{}{topic}", shared.prefix))
-        .collect();
+    let channels: Vec<String> = topics.iter().map(|topic| shared.channel(topic)).collect();
     for chunk in channels.chunks(INTEREST_BATCH) {
         sink.subscribe(chunk).await?;
     }
@@ -326,34 +330,7 @@ async fn serve(
             }
             interest = interests.recv() => {
                 let Some(first) = interest else { return Ended::HubGone };
-                // What else is waiting goes in the same commands.
-                let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
-                // Only the net change of each topic reaches Redis.
-                let mut was_listening = std::collections::HashMap::new();
-                for interest in std::iter::once(first).chain(waiting) {
-                    let topic = match &interest {
-                        Interest::Subscribe(topic) | Interest::Unsubscribe(topic) => topic,
-                    };
-                    was_listening.entry(topic.clone()).or_insert_with(|| topics.contains(topic));
-                    follow(topics, interest);
-                }
-                let (mut join, mut leave) = (Vec::new(), Vec::new());
-                for (topic, was) in was_listening {
-                    match (was, topics.contains(&topic)) {
-                        (false, true) => join.push(format!("{}{topic}", shared.prefix)),
-                        (true, false) => leave.push(format!("{}{topic}", shared.prefix)),
-                        _ => {}
-                    }
-                }
-                shared.counters.subscribed.store(topics.len(), Ordering::Release);
-                let mut result = Ok(());
-                if !join.is_empty() {
-                    result = sink.subscribe(&join).await;
-                }
-                if result.is_ok() && !leave.is_empty() {
-                    result = sink.unsubscribe(&leave).await;
-                }
-                if let Err(error) = result {
+                if let Err(error) = follow_batch(shared, topics, first, interests, &mut sink).await {
                     return Ended::Lost(error);
                 }
             }
@@ -365,6 +342,47 @@ async fn serve(
             }
         }
     }
+}
+
+/// Applies `first` and whatever else is waiting to `topics`, and sends Redis only each
+/// topic's net change, many channels per command.
+async fn follow_batch(
+    shared: &Shared,
+    topics: &mut HashSet<String>,
+    first: Interest,
+    interests: &mut mpsc::UnboundedReceiver<Interest>,
+    sink: &mut PubSubSink,
+) -> redis::RedisResult<()> {
+    let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
+    let mut was_listening = std::collections::HashMap::new();
+    for interest in std::iter::once(first).chain(waiting) {
+        let topic = match &interest {
+            Interest::Subscribe(topic) | Interest::Unsubscribe(topic) => topic,
+        };
+        was_listening
+            .entry(topic.clone())
+            .or_insert_with(|| topics.contains(topic));
+        follow(topics, interest);
+    }
+    let (mut join, mut leave) = (Vec::new(), Vec::new());
+    for (topic, was) in was_listening {
+        match (was, topics.contains(&topic)) {
+            (false, true) => join.push(shared.channel(&topic)),
+            (true, false) => leave.push(shared.channel(&topic)),
+            _ => {}
+        }
+    }
+    shared
+        .counters
+        .subscribed
+        .store(topics.len(), Ordering::Release);
+    if !join.is_empty() {
+        sink.subscribe(&join).await?;
+    }
+    if !leave.is_empty() {
+        sink.unsubscribe(&leave).await?;
+    }
+    Ok(())
 }
 
 fn follow(topics: &mut HashSet<String>, interest: Interest) {
