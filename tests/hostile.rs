@@ -50,34 +50,23 @@ async fn raw_upgraded(addr: SocketAddr) -> TcpStream {
 
 /// The close code of the first close frame the server sends on a raw socket.
 async fn close_code(stream: &mut TcpStream) -> u16 {
-    loop {
-        let mut header = [0; 2];
-        timeout(WAIT, stream.read_exact(&mut header))
-            .await
-            .expect("in time")
-            .expect("a frame");
-        let len = match header[1] & 0x7f {
-            126 => u64::from(
-                timeout(WAIT, stream.read_u16())
-                    .await
-                    .expect("in time")
-                    .expect("len"),
-            ),
-            127 => timeout(WAIT, stream.read_u64())
-                .await
-                .expect("in time")
-                .expect("len"),
-            len => u64::from(len),
-        };
-        let mut payload = vec![0; usize::try_from(len).expect("small")];
-        timeout(WAIT, stream.read_exact(&mut payload))
-            .await
-            .expect("in time")
-            .expect("payload");
-        if header[0] & 0x0f == 0x8 {
-            return u16::from_be_bytes([payload[0], payload[1]]);
+    let code = async {
+        loop {
+            let mut header = [0; 2];
+            stream.read_exact(&mut header).await.expect("a frame");
+            let len = match header[1] & 0x7f {
+                126 => u64::from(stream.read_u16().await.expect("len")),
+                127 => stream.read_u64().await.expect("len"),
+                len => u64::from(len),
+            };
+            let mut payload = vec![0; usize::try_from(len).expect("small")];
+            stream.read_exact(&mut payload).await.expect("payload");
+            if header[0] & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
         }
-    }
+    };
+    timeout(WAIT, code).await.expect("a close frame in time")
 }
 
 /// A fresh client on its own topic is served while `hub`'s other subscribers are there.

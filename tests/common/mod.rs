@@ -135,8 +135,9 @@ impl SseClient {
             body: Vec::new(),
             ended: false,
         };
+        let deadline = tokio::time::Instant::now() + WAIT;
         while !client.raw.windows(4).any(|w| w == b"\r\n\r\n") {
-            client.fill().await;
+            client.fill(deadline).await;
         }
         let end = client
             .raw
@@ -149,9 +150,11 @@ impl SseClient {
         client
     }
 
-    async fn fill(&mut self) {
+    /// Reads what arrives next, by `deadline`: each loop that waits for something is
+    /// bounded as a whole, however much else the server sends meanwhile.
+    async fn fill(&mut self, deadline: tokio::time::Instant) {
         let mut buf = [0; 4096];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+        let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
             .await
             .expect("data in time")
             .expect("read");
@@ -185,12 +188,13 @@ impl SseClient {
 
     /// Waits for the end of the response body.
     pub async fn until_end(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             self.dechunk();
             if self.ended {
                 return;
             }
-            self.fill().await;
+            self.fill(deadline).await;
         }
     }
 
@@ -201,17 +205,19 @@ impl SseClient {
 
     /// Reads until the body so far contains `needle`.
     pub async fn body_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             self.dechunk();
             if self.body.windows(needle.len()).any(|w| w == needle) {
                 return std::mem::take(&mut self.body);
             }
-            self.fill().await;
+            self.fill(deadline).await;
         }
     }
 
     /// The next event, skipping comments.
     pub async fn next_event(&mut self) -> SseEvent {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             self.dechunk();
             while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
@@ -240,7 +246,7 @@ impl SseClient {
                     return event;
                 }
             }
-            self.fill().await;
+            self.fill(deadline).await;
         }
     }
 }
@@ -257,30 +263,39 @@ pub async fn ws_connect(url: &str) -> Ws {
 }
 
 pub async fn next_text(socket: &mut Ws) -> String {
-    loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            return text.to_string();
+    let text = async {
+        loop {
+            let message = socket
+                .next()
+                .await
+                .expect("stream open")
+                .expect("valid frame");
+            if let Message::Text(text) = message {
+                return text.to_string();
+            }
         }
-    }
+    };
+    tokio::time::timeout(WAIT, text)
+        .await
+        .expect("a text frame in time")
 }
 
 /// The code of the close frame the server sends next, skipping other frames.
 pub async fn close_code(socket: &mut Ws) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a close frame in time")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
+    let code = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|frame| u16::from(frame.code));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
         }
-    }
+    };
+    tokio::time::timeout(WAIT, code)
+        .await
+        .expect("a close frame in time")
 }
 
 /// A layer on `/events` whose `on_message` records each text message and echoes it to
