@@ -76,6 +76,7 @@ mod event;
 mod future;
 pub mod hub;
 mod layer;
+mod outgoing;
 mod reject;
 mod service;
 pub mod sse;

@@ -12,7 +12,7 @@ use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Extensions;
@@ -29,16 +29,12 @@ use tracing::Instrument;
 use super::frame::{self, Opcode};
 use super::{Connection, DIRECT_QUEUE, Direct, Inbound, LOST};
 use crate::layer::Config;
+use crate::outgoing::Outgoing;
 use crate::wake::{Alarm, Signal};
 use crate::{CloseReason, Event, RecvError, Resume, Subscription};
 
 /// Events taken from the subscription at once.
 const BATCH: usize = 64;
-/// Bytes waiting for the client beyond which the connection takes no more events and reads
-/// no more messages until the client has read some; the hub's ring holds what follows.
-const HIGH_WATER: usize = 64 * 1024;
-/// The capacity an emptied outgoing buffer keeps; more, left by a burst, is freed.
-const RETAINED: usize = 16 * 1024;
 /// Rounds of reading, gathering and writing one wake-up may do before yielding.
 const ROUNDS: usize = 16;
 /// Client messages handled per round.
@@ -71,7 +67,7 @@ pub(super) async fn serve(
         tracing::debug!("connection opened");
         let mut session = Session::new(TokioIo::new(upgraded), subscription, &config, &extensions);
         if config.websocket_ids && resume == Resume::EventsLost {
-            frame::put(&mut session.out, Opcode::Text, &[LOST.as_bytes()]);
+            frame::put(session.out.bytes(), Opcode::Text, &[LOST.as_bytes()]);
         }
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
@@ -96,9 +92,8 @@ struct Session<'a, S> {
     protocol: WebSocketContext,
     /// Says whether the socket may have something to read.
     readable: Signal,
-    /// Bytes for the client; the first `written` of them have been written.
-    out: Vec<u8>,
-    written: usize,
+    /// Bytes for the client.
+    out: Outgoing,
     subscription: Subscription,
     /// Events received and not yet encoded: those from `next` on.
     batch: Vec<Arc<Event>>,
@@ -142,8 +137,7 @@ where
             io,
             protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
             readable: Signal::new(),
-            out: Vec::new(),
-            written: 0,
+            out: Outgoing::default(),
             subscription,
             batch: Vec::new(),
             next: 0,
@@ -219,7 +213,7 @@ where
             if now.duration_since(self.last_heard) >= allowed_silence {
                 return Some(End::Close(CloseCode::Away, "ping timeout"));
             }
-            frame::put(&mut self.out, Opcode::Ping, &[]);
+            frame::put(self.out.bytes(), Opcode::Ping, &[]);
             self.next_ping = now + self.config.ping_interval;
         }
         None
@@ -230,9 +224,11 @@ where
             .map_or(self.next_ping, |deadline| deadline.min(self.next_ping))
     }
 
-    /// Whether the client has read enough that more may be queued for it.
+    /// Whether the client has read enough that more may be queued for it: past that, the
+    /// connection takes no more events and reads no more messages, and the hub's ring
+    /// holds what follows.
     fn has_room(&self) -> bool {
-        self.out.len() - self.written < HIGH_WATER
+        self.out.has_room()
     }
 
     /// Reads and handles what the client sent, if the socket said it has something; true
@@ -308,7 +304,7 @@ where
             connection,
         });
         while let Ok(reply) = queue.try_recv() {
-            put_direct(&mut self.out, &reply);
+            put_direct(self.out.bytes(), &reply);
         }
     }
 
@@ -332,7 +328,7 @@ where
             }
         }
         while self.next < self.batch.len() && self.has_room() {
-            frame::put_event(&mut self.out, &self.batch[self.next], self.config);
+            frame::put_event(self.out.bytes(), &self.batch[self.next], self.config);
             self.next += 1;
         }
         Ok(self.next < self.batch.len() || !caught_up)
@@ -347,7 +343,7 @@ where
             };
             match queue.poll_recv(cx) {
                 Poll::Ready(Some(direct)) => {
-                    put_direct(&mut self.out, &direct);
+                    put_direct(self.out.bytes(), &direct);
                     taken = true;
                 }
                 // The session holds a sender itself: the queue never ends while it runs.
@@ -359,39 +355,14 @@ where
 
     /// Writes `out` to the client.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.out.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        while self.written < self.out.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => {
-                    // A client that reads a little at a time must not make `out` grow.
-                    if self.written >= HIGH_WATER {
-                        self.out.drain(..self.written);
-                        self.written = 0;
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        self.written = 0;
-        if self.out.capacity() > RETAINED {
-            self.out = Vec::new();
-        } else {
-            self.out.clear();
-        }
-        Poll::Ready(Ok(()))
+        self.out.poll_write(&mut self.io, cx)
     }
 
     /// Closes the connection as `end` says, sending what is due within the write timeout.
     async fn finish(mut self, end: End) {
         match end {
             End::Close(code, reason) => {
-                frame::put_close(&mut self.out, code.into(), reason);
+                frame::put_close(self.out.bytes(), code.into(), reason);
                 if code == CloseCode::Again {
                     // A client that stopped reading gets one try, without waiting again.
                     let _ = poll_fn(|cx| Poll::Ready(self.poll_flush(cx))).await;
@@ -448,7 +419,7 @@ fn closed_by_hub(reason: CloseReason) -> End {
 struct Stream<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
-    out: &'a mut Vec<u8>,
+    out: &'a mut Outgoing,
 }
 
 impl<S: AsyncRead + Unpin> Read for Stream<'_, '_, S> {
@@ -463,7 +434,7 @@ impl<S: AsyncRead + Unpin> Read for Stream<'_, '_, S> {
 
 impl<S> Write for Stream<'_, '_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.extend_from_slice(buf);
+        self.out.bytes().extend_from_slice(buf);
         Ok(buf.len())
     }
 
