@@ -78,6 +78,7 @@ pub mod hub;
 mod layer;
 mod outgoing;
 mod reject;
+pub mod serve;
 mod service;
 pub mod sse;
 mod wake;
@@ -91,6 +92,7 @@ pub use hub::{
 };
 pub use layer::StreamLayer;
 pub use reject::Rejection;
+pub use serve::serve;
 pub use service::StreamService;
 
 #[doc = include_str!("../README.md")]

@@ -61,7 +61,7 @@ where
     }
 }
 
-fn wants_event_stream<B>(request: &Request<B>) -> bool {
+pub(crate) fn wants_event_stream<B>(request: &Request<B>) -> bool {
     request.method() == Method::GET
         && ws::list_items(request.headers(), &header::ACCEPT).any(|media| {
             // A media type may carry parameters: `text/event-stream; q=1`.

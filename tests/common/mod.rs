@@ -68,6 +68,22 @@ where
     addr
 }
 
+/// Serves `service` with `tower_fanout::serve`; returns the address.
+pub async fn serve_fanout<S, B>(service: S) -> SocketAddr
+where
+    S: Service<Request<tower_fanout::serve::Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(tower_fanout::serve(listener, service));
+    addr
+}
+
 /// Waits until `condition` holds, checking every few milliseconds, for at most `WAIT`.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -1,0 +1,166 @@
+//! A server for a stack with a [`StreamLayer`](crate::StreamLayer): HTTP/1.1 with
+//! upgrades, through hyper, except that a connection which opens with a
+//! Server-Sent-Events request is answered on the bare socket.
+//!
+//! An event stream is one response that never ends, so under a general HTTP server each
+//! idle stream keeps that server's per-connection state: hyper's read and write buffers,
+//! about 20 KiB. [`serve`] reads a connection's first request head itself. A `GET` that
+//! accepts `text/event-stream`, has no body and is alone on the connection is passed to
+//! the service like any other request, and the response (whatever the service made of
+//! it) is written to the socket by a small writer that keeps no buffer while the stream
+//! is quiet; the connection closes when the response ends. Everything else, WebSocket
+//! handshakes included, is handed to hyper with the bytes already read, and served as
+//! `hyper-util`'s `serve_connection_with_upgrades` would serve it.
+//!
+//! `TCP_NODELAY` is set on every accepted socket, so small frames leave at once, and the
+//! client's address is in each request's extensions as a
+//! [`SocketAddr`], where the layer's logs find it.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use axum::routing::post;
+//! use tower_fanout::{Hub, StreamLayer};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::new();
+//! let app = Router::new()
+//!     .route("/publish", post(|| async { "done" }))
+//!     .layer(StreamLayer::new(hub).path("/events"));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! tower_fanout::serve(listener, app).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It speaks HTTP/1.1 only; a stack that must also carry HTTP/2 (gRPC) is served by
+//! `axum::serve` or hyper-util's auto builder, where the layer works the same.
+
+mod body;
+mod head;
+mod respond;
+mod rewind;
+
+use std::error::Error as StdError;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
+
+pub use self::body::Body;
+use self::head::Head;
+use self::rewind::Rewind;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How long a new connection has to send its first request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `service` on the connections `listener` accepts, each in a task of its own;
+/// runs until dropped.
+///
+/// See [the module](self) for what is served how. Accept errors are logged; when the
+/// process is out of file descriptors, accepting pauses for a second.
+pub async fn serve<S, B>(listener: TcpListener, service: S)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // A connection reset before it was accepted says nothing about the
+                // listener; running out of descriptors clears only as others close.
+                if is_connection_error(&error) {
+                    continue;
+                }
+                tracing::error!(%error, "accept failed; pausing for 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, peer, service.clone()));
+    }
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn connection<S, B>(mut stream: TcpStream, peer: SocketAddr, service: S)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
+        Err(_) => return tracing::debug!(%peer, "no request head in time"),
+    };
+    match head {
+        Head::EventStream(request) => {
+            let mut request = *request;
+            request.extensions_mut().insert(peer);
+            respond::respond(stream, service, request).await;
+        }
+        // hyper's connection is large; only the connections that need it carry it.
+        Head::Other(read) => Box::pin(hyper_connection(stream, read, peer, service)).await,
+        Head::Closed => {}
+    }
+}
+
+/// Serves the connection with hyper, which reads `read` first.
+async fn hyper_connection<S, B>(stream: TcpStream, read: Bytes, peer: SocketAddr, service: S)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::incoming);
+        request.extensions_mut().insert(peer);
+        call(service.clone(), request)
+    });
+    let io = TokioIo::new(Rewind::new(read, stream));
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
+
+/// Calls `service` once it is ready.
+async fn call<S, R>(mut service: S, request: R) -> Result<S::Response, S::Error>
+where
+    S: Service<R>,
+{
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(request).await
+}

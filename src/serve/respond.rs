@@ -1,0 +1,284 @@
+//! Answering an event-stream request on the bare socket: the service's response, head and
+//! body, written as it comes, with nothing kept between events but the body itself.
+
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Buf;
+use http::response::Parts;
+use http::{Request, Response, StatusCode, header};
+use http_body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::{Body, BoxError, call};
+use crate::outgoing::Outgoing;
+use crate::wake::Signal;
+
+/// Rounds of gathering and writing one wake-up may do before yielding.
+const ROUNDS: usize = 16;
+/// Body frames gathered per round.
+const FRAMES: usize = 64;
+/// Reads of whatever the client sends (it has nothing more to say) per wake-up.
+const READS: usize = 16;
+
+const SERVICE_FAILED: &[u8] =
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// Calls `service` with `request` and writes its response to `stream`, then closes the
+/// connection.
+pub(super) async fn respond<S, B>(mut stream: TcpStream, service: S, request: Request<Body>)
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    let response = call(service, request).await.map_err(|error| {
+        tracing::error!(error = %error.into(), "the service failed");
+    });
+    let Ok(response) = response else {
+        let _ = stream.write_all(SERVICE_FAILED).await;
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let body = pin!(body);
+    let framing = Framing::of(&parts, &*body);
+    let mut writer = Writer {
+        io: &mut stream,
+        body,
+        out: Outgoing::default(),
+        readable: Signal::new(),
+        framing,
+        ended: false,
+    };
+    put_head(writer.out.bytes(), &parts, framing);
+    drop(parts);
+    match poll_fn(|cx| writer.poll_send(cx)).await {
+        Ok(()) => {
+            let _ = stream.shutdown().await;
+        }
+        Err(End::Gone) => tracing::debug!("connection lost"),
+        Err(End::Body(error)) => {
+            // Closing without the last chunk tells the client the response broke off.
+            tracing::debug!(%error, "the response body failed");
+        }
+    }
+}
+
+/// How the body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// A stream, its length unknown: chunked.
+    Chunked,
+    /// `content-length`.
+    Length(u64),
+    /// A status that has no body.
+    Empty,
+}
+
+impl Framing {
+    fn of(parts: &Parts, body: &impl HttpBody) -> Self {
+        if parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED
+        {
+            return Self::Empty;
+        }
+        body.size_hint().exact().map_or(Self::Chunked, Self::Length)
+    }
+}
+
+enum End {
+    /// The client closed the connection, or it broke.
+    Gone,
+    Body(BoxError),
+}
+
+struct Writer<'a, B> {
+    io: &'a mut TcpStream,
+    body: Pin<&'a mut B>,
+    out: Outgoing,
+    /// Says whether the socket may have something to read: the client's leaving.
+    readable: Signal,
+    framing: Framing,
+    /// Whether the whole body is in `out`.
+    ended: bool,
+}
+
+impl<B> Writer<'_, B>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    /// Writes the response until it ends or the client leaves.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        if matches!(self.framing, Framing::Empty) {
+            self.ended = true;
+        }
+        for _ in 0..ROUNDS {
+            if self.client_left(cx) {
+                return Poll::Ready(Err(End::Gone));
+            }
+            let more = self.gather(cx)?;
+            match self.out.poll_write(self.io, cx) {
+                Poll::Ready(Ok(())) if self.ended => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                // The socket wakes the task when it takes more.
+                Poll::Pending => return Poll::Pending,
+            }
+            if !more {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Puts the body's ready frames into `out`; true when it stopped before the body said
+    /// it had nothing more for now.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        for _ in 0..FRAMES {
+            if self.ended || !self.out.has_room() {
+                return Ok(!self.ended);
+            }
+            match self.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are dropped: the client was not asked whether it takes them.
+                    if let Ok(data) = frame.into_data() {
+                        self.put(data);
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => return Err(End::Body(error.into())),
+                Poll::Ready(None) => {
+                    if let Framing::Chunked = self.framing {
+                        self.out.bytes().extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.ended = true;
+                }
+                Poll::Pending => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    fn put(&mut self, data: impl Buf) {
+        let out = self.out.bytes();
+        match self.framing {
+            // An empty chunk would end the body.
+            Framing::Chunked if data.has_remaining() => {
+                put_hex(out, data.remaining());
+                out.extend_from_slice(b"\r\n");
+                put_buf(out, data);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Length(_) => put_buf(out, data),
+            Framing::Chunked | Framing::Empty => {}
+        }
+    }
+
+    /// Reads and drops what the client sent, if the socket said it has something; true
+    /// when the client has closed the connection.
+    fn client_left(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.readable.take(cx.waker()) {
+            return false;
+        }
+        let mut read_cx = Context::from_waker(self.readable.waker());
+        let mut scratch = [0; 256];
+        for _ in 0..READS {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *self.io).poll_read(&mut read_cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return true,
+                // The socket has registered the signal's waker.
+                Poll::Pending => return false,
+            }
+        }
+        self.readable.raise();
+        false
+    }
+}
+
+/// The status line and the headers, with the framing this writer uses: hop-by-hop headers
+/// from the service are replaced, and the connection closes after the response.
+fn put_head(out: &mut Vec<u8>, parts: &Parts, framing: Framing) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if [
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_LENGTH,
+        ]
+        .contains(name)
+            || name == "keep-alive"
+        {
+            continue;
+        }
+        put_field(out, name.as_str(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        put_field(out, "date", date.as_bytes());
+    }
+    put_field(out, "connection", b"close");
+    match framing {
+        Framing::Chunked => put_field(out, "transfer-encoding", b"chunked"),
+        Framing::Length(len) => put_field(out, "content-length", len.to_string().as_bytes()),
+        Framing::Empty => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_hex(out: &mut Vec<u8>, mut value: usize) {
+    let mut digits = [0; 2 * size_of::<usize>()];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[value & 0xf];
+        value >>= 4;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+fn put_buf(out: &mut Vec<u8>, mut data: impl Buf) {
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        let len = chunk.len();
+        out.extend_from_slice(chunk);
+        data.advance(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::put_hex;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        for (value, hex) in [(0, "0"), (9, "9"), (10, "a"), (64, "40"), (65_535, "ffff")] {
+            let mut out = Vec::new();
+            put_hex(&mut out, value);
+            assert_eq!(out, hex.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! `tower_fanout::serve`, over real TCP on 127.0.0.1: event streams answered on the bare
+//! socket, everything else through hyper.
+
+mod common;
+
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use http::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tower_fanout::{Hub, StreamLayer};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use common::{
+    Inner, SseClient, WAIT, assert_fan_out, raw_request, recording_layer, serve_fanout, wait_until,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_exactly_the_topic_subscribers_over_websocket_and_sse() {
+    let hub = Hub::new();
+    let (layer, received) = recording_layer(hub.clone());
+    let addr = serve_fanout(layer.layer(Inner)).await;
+    let clients = assert_fan_out(addr, &hub, &received).await;
+    drop(clients);
+    wait_until("every connection unsubscribed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_stream_is_chunked_and_its_end_closes_the_connection() {
+    let hub = Hub::new();
+    let addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let mut sse = SseClient::connect(addr, "/?topic=t").await;
+    let head = sse.headers.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for field in [
+        "content-type: text/event-stream\r\n",
+        "transfer-encoding: chunked\r\n",
+        "connection: close\r\n",
+        "date: ",
+    ] {
+        assert!(head.contains(field), "{field:?} missing from {head}");
+    }
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+    hub.broadcast("t", "one");
+    assert_eq!(sse.next_event().await.data, "one");
+
+    hub.disconnect("t");
+    sse.until_end().await;
+    let mut rest = Vec::new();
+    let mut stream = sse.into_stream();
+    timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert_eq!(rest, b"", "nothing after the last chunk");
+}
+
+#[tokio::test]
+async fn a_refused_stream_gets_its_status_and_reason_then_the_connection_closes() {
+    let hub = Hub::new();
+    let addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    // `raw_request` reads to the end: it returns only because the server closes.
+    let (status, text) = raw_request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{text}");
+    let reason = "missing topic query parameter\n";
+    assert!(text.ends_with(reason), "{text}");
+    assert!(
+        lower.contains(&format!("\r\ncontent-length: {}\r\n", reason.len())),
+        "{text}"
+    );
+    assert_eq!(hub.stats().subscribers, 0);
+}
+
+#[tokio::test]
+async fn other_requests_are_served_by_hyper_bodies_and_pipelines_included() {
+    let hub = Hub::new();
+    let app = Router::new()
+        .route(
+            "/publish/{topic}",
+            post(
+                |State(hub): State<Hub>, Path(topic): Path<String>, body: String| async move {
+                    hub.broadcast(&topic, body).to_string()
+                },
+            ),
+        )
+        .with_state(hub.clone())
+        .layer(
+            StreamLayer::new(hub.clone())
+                .path("/events/")
+                .topic(|parts| Ok(parts.uri.path().trim_start_matches("/events/").to_owned())),
+        );
+    let addr = serve_fanout(app).await;
+    let mut sse = SseClient::connect(addr, "/events/news").await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    let (status, text) = raw_request(
+        addr,
+        "POST /publish/news HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+         POST /publish/news HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nworld",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(sse.next_event().await.data, "hello");
+    assert_eq!(sse.next_event().await.data, "world");
+
+    // An event-stream request followed at once by another goes to hyper whole, which
+    // keeps the connection open.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let pipelined = "GET /events/news HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n\
+                     GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(pipelined.as_bytes()).await.expect("write");
+    let head = String::from_utf8(read_head(&mut stream).await).expect("text");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+}
+
+/// Reads at least a response head.
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0; 1024];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        head.extend_from_slice(&buf[..n]);
+    }
+    head
+}
+
+#[tokio::test]
+async fn heads_in_pieces_large_or_malformed_are_still_answered() {
+    let hub = Hub::new();
+    let addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    for piece in [
+        "GET /?topic=t HT",
+        "TP/1.1\r\nHost: x\r\nAccept: text/eve",
+        "nt-stream\r\n",
+        "\r\n",
+    ] {
+        stream.write_all(piece.as_bytes()).await.expect("write");
+    }
+    let head = String::from_utf8(read_head(&mut stream).await).expect("text");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("connection: close\r\n"),
+        "answered on the bare socket: {head}"
+    );
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // Past the size this server reads itself, hyper takes the request.
+    let padding = "p".repeat(20 * 1024);
+    let mut large =
+        SseClient::connect_with(addr, "/?topic=t", &format!("X-Padding: {padding}\r\n")).await;
+    wait_until("subscribed", || hub.stats().subscribers == 2).await;
+    hub.broadcast("t", "to both");
+    assert_eq!(large.next_event().await.data, "to both");
+
+    let (status, _) = raw_request(addr, "GET /\0 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 400, "hyper's answer to a malformed head");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_is_unsubscribed() {
+    let hub = Hub::new();
+    let addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let clients = [
+        SseClient::connect(addr, "/?topic=t").await,
+        SseClient::connect(addr, "/?topic=t").await,
+    ];
+    wait_until("subscribed", || hub.stats().subscribers == 2).await;
+    drop(clients);
+    wait_until("unsubscribed", || hub.stats().subscribers == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_gets_every_event_in_order() {
+    const EVENTS: usize = 4_000;
+    let hub = Hub::builder().buffer(4096).build();
+    let addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let mut sse = SseClient::connect(addr, "/?topic=t").await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+    // 6 MB, more than the socket buffers hold: the server waits for the reader with
+    // part of it written.
+    let padding = "x".repeat(1500);
+    for i in 0..EVENTS {
+        hub.broadcast("t", format!("{i} {padding}"));
+    }
+    for i in 0..EVENTS {
+        assert_eq!(sse.next_event().await.data, format!("{i} {padding}"));
+    }
+}
+
+/// A service that always fails.
+#[derive(Clone)]
+struct Failing;
+
+impl<B> Service<Request<B>> for Failing {
+    type Response = Response<String>;
+    type Error = std::io::Error;
+    type Future = Ready<Result<Response<String>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        ready(Err(std::io::Error::other("failed on purpose")))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_service_gets_the_client_a_500() {
+    let addr = serve_fanout(Failing).await;
+    let (status, text) = raw_request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 500, "{text}");
+}
