@@ -10,11 +10,13 @@
 //! ```
 //!
 //! `attach=ADDR` runs the phases against a server already listening at ADDR instead (one
-//! started with `loadtest serve crate|baseline ADDR`, under a profiler for example); the
-//! server's CPU and memory are then not reported.
+//! started with `loadtest serve KIND ADDR`, under a profiler for example); the server's
+//! CPU and memory are then not reported.
 //!
-//! `servers=bare` adds the floor: a server with no hub and no HTTP or WebSocket library,
-//! which encodes each event once and appends it to every connection's queue.
+//! Servers: `crate` is the layer served by `tower_fanout::serve`; `crate-axum` is the same
+//! application served by `axum::serve`, as the baseline is. `bare` is the floor: a server
+//! with no hub and no HTTP or WebSocket library, which encodes each event once and
+//! appends it to every connection's queue.
 //!
 //! Phases, each against a fresh server process:
 //! - `burst`: `clients` clients on one topic; the server publishes `broadcasts` events of
@@ -596,12 +598,17 @@ mod server {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
             "bare" => return super::bare::run(listener).await,
-            "crate" => {
+            "crate" | "crate-axum" => {
                 let hub = Hub::builder().buffer(4096).build();
                 let layer = StreamLayer::new(hub.clone())
                     .path("/events/")
                     .topic(|parts| Ok(parts.uri.path().trim_start_matches("/events/").to_owned()));
-                control(Publisher::Hub(hub)).layer(layer)
+                let app = control(Publisher::Hub(hub)).layer(layer);
+                if kind == "crate" {
+                    tower_fanout::serve(listener, app).await;
+                    return Ok(());
+                }
+                app
             }
             "baseline" => {
                 let topics = Topics::default();

@@ -4,6 +4,9 @@
 //! service (hyper, axum, tonic), resolves a topic from each request and subscribes the
 //! connection to a [`Hub`]; every other request reaches the inner service untouched. A
 //! [`backplane`] shares broadcasts between processes (Redis, with the `redis` feature).
+//! The layer works under any server that hands over upgraded connections (hyper-util,
+//! `axum::serve`); [`serve()`] is one of the crate's own, which answers event streams
+//! with the least memory per connection.
 //!
 //! Its heart is the [`Hub`]: a lock-sharded, topic-keyed fan-out of [`Event`]s.
 //! [`Hub::broadcast`] is a plain function that reaches every current [`Subscription`] of a
