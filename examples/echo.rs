@@ -1,14 +1,12 @@
 //! An echo endpoint: every WebSocket message comes back to its sender, text as text and
-//! binary as binary. The Autobahn conformance suite runs against it.
+//! binary as binary. The Autobahn conformance suite runs against it, through
+//! `tower_fanout::serve`.
 //!
 //! ```sh
 //! cargo run --example echo                    # ws://127.0.0.1:9001, any path
 //! ADDR=127.0.0.1:9002 cargo run --example echo
 //! ```
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
@@ -29,15 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("echo on ws://{}", listener.local_addr()?);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(echo.clone());
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    tower_fanout::serve(listener, echo).await;
+    Ok(())
 }
 
 /// Whatever is not a WebSocket.
