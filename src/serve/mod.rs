@@ -91,7 +91,14 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, service.clone()));
+        let connection = Connection {
+            stream,
+            peer,
+            service: service.clone(),
+        };
+        let fut = connection.serve();
+        eprintln!("FUT {}", std::mem::size_of_val(&fut));
+        tokio::spawn(fut);
     }
 }
 
@@ -104,34 +111,14 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-async fn connection<S, B>(mut stream: TcpStream, peer: SocketAddr, service: S)
-where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut stream)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
-        Err(_) => return tracing::debug!(%peer, "no request head in time"),
-    };
-    match head {
-        Head::EventStream(request) => {
-            let mut request = *request;
-            request.extensions_mut().insert(peer);
-            respond::respond(stream, service, request).await;
-        }
-        // hyper's connection is large; only the connections that need it carry it.
-        Head::Other(read) => Box::pin(hyper_connection(stream, read, peer, service)).await,
-        Head::Closed => {}
-    }
+/// One accepted connection, before it is known who serves it.
+struct Connection<S> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
 }
 
-/// Serves the connection with hyper, which reads `read` first.
-async fn hyper_connection<S, B>(stream: TcpStream, read: Bytes, peer: SocketAddr, service: S)
+impl<S, B> Connection<S>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -140,19 +127,46 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let mut request = request.map(Body::incoming);
-        request.extensions_mut().insert(peer);
-        call(service.clone(), request)
-    });
-    let io = TokioIo::new(Rewind::new(read, stream));
-    let served = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(io, service)
-        .with_upgrades()
-        .await;
-    if let Err(error) = served {
-        tracing::debug!(%error, %peer, "connection ended with an error");
+    async fn serve(mut self) {
+        let peer = self.peer;
+        let head = match tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut self.stream)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
+            Err(_) => return tracing::debug!(%peer, "no request head in time"),
+        };
+        match head {
+            Head::EventStream(request) => {
+                let mut request = *request;
+                request.extensions_mut().insert(peer);
+                respond::respond(self.stream, self.service, request).await;
+            }
+            // hyper's connection is large; only the connections that need it carry it.
+            Head::Other(read) => Box::pin(self.serve_with_hyper(read)).await,
+            Head::Closed => {}
+        }
+    }
+
+    /// Serves the connection with hyper, which reads `read` first.
+    async fn serve_with_hyper(self, read: Bytes) {
+        let Self {
+            stream,
+            peer,
+            service,
+        } = self;
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::incoming);
+            request.extensions_mut().insert(peer);
+            call(service.clone(), request)
+        });
+        let io = TokioIo::new(Rewind::new(read, stream));
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await;
+        if let Err(error) = served {
+            tracing::debug!(%error, %peer, "connection ended with an error");
+        }
     }
 }
 

@@ -1,16 +1,17 @@
 //! Answering an event-stream request on the bare socket: the service's response, head and
 //! body, written as it comes, with nothing kept between events but the body itself.
 
-use std::future::poll_fn;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Buf;
 use http::response::Parts;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -28,13 +29,16 @@ const READS: usize = 16;
 const SERVICE_FAILED: &[u8] =
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Calls `service` with `request` and writes its response to `stream`, then closes the
-/// connection.
+/// Calls `service` with `request`, then writes its response to `stream` in a task of its
+/// own and closes the connection.
+///
+/// The response gets a new task so that a stream, which may last for hours, is carried
+/// by a task the size of [`Streaming`], not one with room for the service's future.
 pub(super) async fn respond<S, B>(mut stream: TcpStream, service: S, request: Request<Body>)
 where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: HttpBody,
+    B: HttpBody + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let response = call(service, request).await.map_err(|error| {
@@ -44,28 +48,21 @@ where
         let _ = stream.write_all(SERVICE_FAILED).await;
         return;
     };
-    let (parts, body) = response.into_parts();
-    let body = pin!(body);
-    let framing = Framing::of(&parts, &*body);
-    let mut writer = Writer {
-        io: &mut stream,
-        body,
-        out: Outgoing::default(),
-        readable: Signal::new(),
-        framing,
-        ended: false,
-    };
-    put_head(writer.out.bytes(), &parts, framing);
-    drop(parts);
-    match poll_fn(|cx| writer.poll_send(cx)).await {
-        Ok(()) => {
-            let _ = stream.shutdown().await;
-        }
-        Err(End::Gone) => tracing::debug!("connection lost"),
-        Err(End::Body(error)) => {
-            // Closing without the last chunk tells the client the response broke off.
-            tracing::debug!(%error, "the response body failed");
-        }
+    tokio::spawn(Streaming::new(stream, response));
+}
+
+pin_project! {
+    /// Writes a response to the socket until it ends, or the client leaves.
+    struct Streaming<B> {
+        io: TcpStream,
+        #[pin]
+        body: B,
+        out: Outgoing,
+        // Says whether the socket may have something to read: the client's leaving.
+        readable: Signal,
+        framing: Framing,
+        // Whether the whole body is in `out`.
+        ended: bool,
     }
 }
 
@@ -98,15 +95,68 @@ enum End {
     Body(BoxError),
 }
 
+impl<B> Streaming<B>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    fn new(io: TcpStream, response: Response<B>) -> Self {
+        let (parts, body) = response.into_parts();
+        let framing = Framing::of(&parts, &body);
+        let mut out = Outgoing::default();
+        put_head(out.bytes(), &parts, framing);
+        Self {
+            io,
+            body,
+            out,
+            readable: Signal::new(),
+            framing,
+            // A status without a body ends with its head.
+            ended: matches!(framing, Framing::Empty),
+        }
+    }
+}
+
+impl<B> Future for Streaming<B>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let mut writer = Writer {
+            io: this.io,
+            body: this.body.as_mut(),
+            out: this.out,
+            readable: this.readable,
+            framing: *this.framing,
+            ended: this.ended,
+        };
+        match ready!(writer.poll_send(cx)) {
+            Ok(()) => {
+                // The response is whole: say so with a FIN, not a reset.
+                let _ = ready!(Pin::new(&mut *this.io).poll_shutdown(cx));
+            }
+            Err(End::Gone) => tracing::debug!("connection lost"),
+            Err(End::Body(error)) => {
+                // Closing without the last chunk tells the client the response broke off.
+                tracing::debug!(%error, "the response body failed");
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The response's fields, borrowed for one poll.
 struct Writer<'a, B> {
     io: &'a mut TcpStream,
     body: Pin<&'a mut B>,
-    out: Outgoing,
-    /// Says whether the socket may have something to read: the client's leaving.
-    readable: Signal,
+    out: &'a mut Outgoing,
+    readable: &'a mut Signal,
     framing: Framing,
-    /// Whether the whole body is in `out`.
-    ended: bool,
+    ended: &'a mut bool,
 }
 
 impl<B> Writer<'_, B>
@@ -116,16 +166,13 @@ where
 {
     /// Writes the response until it ends or the client leaves.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
-        if matches!(self.framing, Framing::Empty) {
-            self.ended = true;
-        }
         for _ in 0..ROUNDS {
             if self.client_left(cx) {
                 return Poll::Ready(Err(End::Gone));
             }
             let more = self.gather(cx)?;
             match self.out.poll_write(self.io, cx) {
-                Poll::Ready(Ok(())) if self.ended => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if *self.ended => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
                 // The socket wakes the task when it takes more.
@@ -143,8 +190,8 @@ where
     /// it had nothing more for now.
     fn gather(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         for _ in 0..FRAMES {
-            if self.ended || !self.out.has_room() {
-                return Ok(!self.ended);
+            if *self.ended || !self.out.has_room() {
+                return Ok(!*self.ended);
             }
             match self.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -158,7 +205,7 @@ where
                     if let Framing::Chunked = self.framing {
                         self.out.bytes().extend_from_slice(b"0\r\n\r\n");
                     }
-                    self.ended = true;
+                    *self.ended = true;
                 }
                 Poll::Pending => return Ok(false),
             }
