@@ -359,7 +359,7 @@ where
     }
 
     /// Closes the connection as `end` says, sending what is due within the write timeout.
-    async fn finish(mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         match end {
             End::Close(code, reason) => {
                 frame::put_close(self.out.bytes(), code.into(), reason);
