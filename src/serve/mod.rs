@@ -96,9 +96,7 @@ where
             peer,
             service: service.clone(),
         };
-        let fut = connection.serve();
-        eprintln!("FUT {}", std::mem::size_of_val(&fut));
-        tokio::spawn(fut);
+        tokio::spawn(connection.serve());
     }
 }
 
