@@ -43,6 +43,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "load";
+/// What a client asks the socket for at once.
+const READ: usize = 64 * 1024;
 /// The longest any phase waits for its events before it reports what is missing.
 const PHASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -260,7 +262,7 @@ struct Seen {
 }
 
 /// One delivery: when its event was published and when the client read it (ns).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Arrival {
     sent: u64,
     arrived: u64,
@@ -268,8 +270,8 @@ struct Arrival {
 
 impl Seen {
     /// A new client's list.
-    fn client(&self) -> Arc<Mutex<Vec<Arrival>>> {
-        let list = Arc::default();
+    fn client(&self, events: usize) -> Arc<Mutex<Vec<Arrival>>> {
+        let list = Arc::new(Mutex::new(warm(events, Arrival::default())));
         self.clients
             .lock()
             .expect("not poisoned")
@@ -279,8 +281,7 @@ impl Seen {
 
     /// Records one delivery into `batch` (the deliveries of one read); `flush` hands a
     /// batch to the client's list.
-    fn record(batch: &mut Vec<Arrival>, payload: &[u8]) {
-        let arrived = now_nanos();
+    fn record(batch: &mut Vec<Arrival>, payload: &[u8], arrived: u64) {
         let sent: u64 = std::str::from_utf8(payload.get(..20).unwrap_or_default())
             .ok()
             .and_then(|t| t.parse().ok())
@@ -318,17 +319,31 @@ impl Seen {
     }
 }
 
-/// Opens `count` clients of `transport` that record what they receive.
+/// Opens `count` clients of `transport` that record what they receive (events of `size`
+/// bytes are the quickest to parse), each with its memory for `events` deliveries
+/// written once already: otherwise the page faults of the
+/// first phase of a run land in its measurement, and whichever server goes first looks
+/// slower.
 async fn clients(
     server: &Server,
     transport: &str,
     count: usize,
+    events: usize,
+    size: usize,
     seen: &Arc<Seen>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {
         let seen = Arc::clone(seen);
-        let list = seen.client();
+        let list = seen.client(events);
+        let (mut buffer, mut pending, mut batch) = if events == 0 {
+            (vec![0; READ], Vec::new(), Vec::new())
+        } else {
+            let mut buffer = warm(READ, 0);
+            buffer.resize(READ, 0);
+            // A read holds at most one delivery per 64 bytes or so.
+            (buffer, warm(READ, 0), warm(READ / 64, Arrival::default()))
+        };
         let task = match transport {
             "ws" => {
                 // A minimal reader of server frames (unmasked, RFC 6455 section 5.2), so
@@ -340,14 +355,13 @@ async fn clients(
                 );
                 stream.write_all(request.as_bytes()).await?;
                 tokio::spawn(async move {
-                    let mut buffer = vec![0; 64 * 1024];
-                    let mut pending = Vec::new();
-                    let mut batch = Vec::new();
                     let mut upgraded = false;
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
                             break;
                         }
+                        // Everything this read returned arrived now.
+                        let arrived = now_nanos();
                         pending.extend_from_slice(&buffer[..n]);
                         if !upgraded {
                             let Some(end) = find(&pending, b"\r\n\r\n") else {
@@ -359,7 +373,7 @@ async fn clients(
                         let mut start = 0;
                         while let Some((opcode, payload, next)) = ws_frame(&pending[start..]) {
                             if opcode == 1 || opcode == 2 {
-                                Seen::record(&mut batch, payload);
+                                Seen::record(&mut batch, payload, arrived);
                             }
                             start += next;
                         }
@@ -375,22 +389,31 @@ async fn clients(
                 );
                 stream.write_all(request.as_bytes()).await?;
                 tokio::spawn(async move {
-                    let mut buffer = vec![0; 64 * 1024];
-                    let mut pending = Vec::new();
-                    let mut batch = Vec::new();
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
                             break;
                         }
+                        // Everything this read returned arrived now.
+                        let arrived = now_nanos();
                         pending.extend_from_slice(&buffer[..n]);
-                        // Chunk framing aside, every event is one `data:` line.
+                        // Chunk framing aside, every event is one `data:` line. Its end is
+                        // looked for where an event of `size` bytes ends first, so that
+                        // the payload is not scanned; any other length is found by a scan.
                         let mut start = 0;
                         while let Some(at) = find(&pending[start..], b"data:") {
                             let from = start + at + 5;
-                            let Some(end) = find(&pending[from..], b"\n") else {
+                            let end = match pending.get(from + 1 + size) {
+                                Some(b'\n') => Some(1 + size),
+                                _ => find(&pending[from..], b"\n"),
+                            };
+                            let Some(end) = end else {
                                 break;
                             };
-                            Seen::record(&mut batch, pending[from..from + end].trim_ascii_start());
+                            Seen::record(
+                                &mut batch,
+                                pending[from..from + end].trim_ascii_start(),
+                                arrived,
+                            );
                             start = from + end;
                         }
                         pending.drain(..start);
@@ -421,6 +444,16 @@ fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
     };
     let payload = data.get(header..header + len)?;
     Some((first & 0x0f, payload, header + len))
+}
+
+/// Room for `capacity` items, its memory written once, so that no page fault is left
+/// for the measurement.
+fn warm<T: Clone>(capacity: usize, item: T) -> Vec<T> {
+    // Not `vec![item; capacity]`, which takes zeroed memory from the system untouched.
+    let mut items = Vec::with_capacity(capacity);
+    items.resize(capacity, item);
+    items.clear();
+    items
 }
 
 /// Where `needle` first occurs in `haystack`. Scanning for its first byte, rather than
@@ -461,7 +494,15 @@ async fn burst(
     options: &Options,
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
-    let tasks = clients(server, transport, options.clients, &seen).await?;
+    let tasks = clients(
+        server,
+        transport,
+        options.clients,
+        options.broadcasts,
+        options.size,
+        &seen,
+    )
+    .await?;
     let expected = (options.clients * options.broadcasts) as u64;
     let cpu = server.cpu();
     let clients_cpu = cpu_time("self");
@@ -499,7 +540,15 @@ async fn steady(
     const RATE: usize = 100;
     const SECONDS: usize = 10;
     let seen = Arc::new(Seen::default());
-    let tasks = clients(server, transport, options.clients, &seen).await?;
+    let tasks = clients(
+        server,
+        transport,
+        options.clients,
+        RATE * SECONDS,
+        options.size,
+        &seen,
+    )
+    .await?;
     let expected = (options.clients * RATE * SECONDS) as u64;
     let cpu = server.cpu();
     server
@@ -529,9 +578,9 @@ async fn idle(
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
     // Settle the server's allocations with a few connections first.
-    let warm = clients(server, transport, 10, &seen).await?;
+    let warm = clients(server, transport, 10, 0, options.size, &seen).await?;
     let before = server.rss_kib();
-    let tasks = clients(server, transport, options.idle + 10, &seen).await?;
+    let tasks = clients(server, transport, options.idle + 10, 0, options.size, &seen).await?;
     let after = server.rss_kib();
     warm.iter()
         .chain(&tasks)
