@@ -5,6 +5,7 @@ mod common;
 
 use std::future::{Ready, ready};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -180,6 +181,20 @@ async fn heads_in_pieces_large_or_malformed_are_still_answered() {
 
     let (status, _) = raw_request(addr, "GET /\0 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status, 400, "hyper's answer to a malformed head");
+}
+
+#[tokio::test]
+async fn a_quiet_stream_gets_keep_alive_comments() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).keep_alive(Duration::from_millis(50));
+    let addr = serve_fanout(layer.layer(Inner)).await;
+    let mut sse = SseClient::connect(addr, "/?topic=t").await;
+    for _ in 0..2 {
+        let body = sse.body_until(b":\n\n").await;
+        assert!(!String::from_utf8_lossy(&body).contains("data:"));
+    }
+    hub.broadcast("t", "after the quiet");
+    assert_eq!(sse.next_event().await.data, "after the quiet");
 }
 
 #[tokio::test]
