@@ -280,6 +280,18 @@ async fn a_client_that_stops_reading_is_closed_and_delays_no_one() {
 async fn an_sse_client_that_never_reads_holds_only_its_bound() {
     let hub = Hub::builder().buffer(64).build();
     let addr = serve(StreamLayer::new(hub.clone())).await;
+    sse_client_that_never_reads(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn an_sse_client_that_never_reads_holds_only_its_bound_under_fanout_serve() {
+    let hub = Hub::builder().buffer(64).build();
+    let addr = common::serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    sse_client_that_never_reads(addr, &hub).await;
+}
+
+/// One SSE client never reads while another keeps pace with 10 000 events of 1 KB.
+async fn sse_client_that_never_reads(addr: SocketAddr, hub: &Hub) {
     let mut idle = TcpStream::connect(addr).await.expect("connect");
     idle.write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
         .await
@@ -303,19 +315,31 @@ async fn an_sse_client_that_never_reads_holds_only_its_bound() {
         hub.stats().dropped > 0,
         "the idle client lost events to its bound"
     );
-    assert_still_serves(addr, &hub).await;
+    assert_still_serves(addr, hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_clients_connect_and_drop_at_once() {
+    let hub = Hub::new();
+    let addr = serve(StreamLayer::new(hub.clone())).await;
+    crowd_connects_and_drops(addr, &hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_connect_and_drop_at_once_under_fanout_serve() {
+    let hub = Hub::new();
+    let addr = common::serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    crowd_connects_and_drops(addr, &hub).await;
+}
+
+/// 2 000 WebSocket clients connect at once, are all subscribed, and leave.
+async fn crowd_connects_and_drops(addr: SocketAddr, hub: &Hub) {
     const CLIENTS: usize = 2_000;
     let wanted = 4 * CLIENTS as u64 + 256;
     assert!(
         process::raise_fd_limit(wanted) >= wanted,
         "the hard open-file limit is below {wanted}"
     );
-    let hub = Hub::new();
-    let addr = serve(StreamLayer::new(hub.clone())).await;
 
     let mut connecting = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
@@ -329,5 +353,5 @@ async fn two_thousand_clients_connect_and_drop_at_once() {
     drop(clients);
     wait_until("all gone", || hub.stats().subscribers == 0).await;
     assert_eq!(hub.stats().topics, 0);
-    assert_still_serves(addr, &hub).await;
+    assert_still_serves(addr, hub).await;
 }
