@@ -3,15 +3,15 @@
 
 mod common;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tower_fanout::{Hub, StreamLayer};
@@ -119,4 +119,51 @@ async fn hyper_util_graceful_shutdown_finishes_with_streams_open() {
         server.await.expect("no panic");
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
+    let hub = Hub::new();
+    let service = StreamLayer::new(hub.clone()).path("/events").layer(Inner);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (trigger, signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tower_fanout::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = signal.await;
+            })
+            .into_future(),
+    );
+
+    let open = open_streams(addr, &hub).await;
+    // A keep-alive connection that hyper serves, idle between requests, and one that
+    // has sent nothing yet: both are closed.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut answer = [0; 1024];
+    let n = timeout(WAIT, idle.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+
+    shut_down(&hub, open, trigger, async move {
+        server.await.expect("no panic");
+    })
+    .await;
+    for stream in [&mut idle, &mut silent] {
+        let mut rest = Vec::new();
+        timeout(WAIT, stream.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("read");
+    }
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 }

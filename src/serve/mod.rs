@@ -14,7 +14,8 @@
 //!
 //! `TCP_NODELAY` is set on every accepted socket, so small frames leave at once, and the
 //! client's address is in each request's extensions as a
-//! [`SocketAddr`], where the layer's logs find it.
+//! [`SocketAddr`], where the layer's logs find it. [`Serve::with_graceful_shutdown`]
+//! stops the server and waits for its connections, which closing the hub ends.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -41,9 +42,11 @@ mod respond;
 mod rewind;
 
 use std::error::Error as StdError;
-use std::future::poll_fn;
+use std::fmt;
+use std::future::{Future, IntoFuture, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +54,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tower_service::Service;
 
 pub use self::body::Body;
@@ -62,12 +66,59 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// How long a new connection has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `service` on the connections `listener` accepts, each in a task of its own;
-/// runs until dropped.
+/// Serves `service` on the connections `listener` accepts, each in a task of its own,
+/// once awaited; runs until dropped, or until the signal of
+/// [`with_graceful_shutdown`](Serve::with_graceful_shutdown).
 ///
 /// See [the module](self) for what is served how. Accept errors are logged; when the
-/// process is out of file descriptors, accepting pauses for a second.
-pub async fn serve<S, B>(listener: TcpListener, service: S)
+/// process is out of file descriptors, accepting pauses for a second. Dropping the
+/// future stops accepting; connections already open go on.
+pub fn serve<S>(listener: TcpListener, service: S) -> Serve<S> {
+    Serve {
+        listener,
+        service,
+        signal: std::future::pending(),
+    }
+}
+
+/// The future of [`serve`]: await it (it implements [`IntoFuture`]).
+#[must_use = "a server does nothing until it is awaited"]
+pub struct Serve<S, F = std::future::Pending<()>> {
+    listener: TcpListener,
+    service: S,
+    signal: F,
+}
+
+impl<S> Serve<S> {
+    /// Shuts down gracefully once `signal` completes: stops accepting, lets each request
+    /// in progress finish and closes connections as they go idle, then waits until every
+    /// connection it serves has ended.
+    ///
+    /// Streams end when their [`Hub`](crate::Hub) is closed: call
+    /// [`Hub::close`](crate::Hub::close) as the signal fires, or the wait lasts as long
+    /// as the longest stream. Upgraded WebSocket connections are the layer's, not the
+    /// server's; closing the hub ends them with 1001.
+    pub fn with_graceful_shutdown<F>(self, signal: F) -> Serve<S, F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Serve {
+            listener: self.listener,
+            service: self.service,
+            signal,
+        }
+    }
+}
+
+impl<S, F> fmt::Debug for Serve<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, F> IntoFuture for Serve<S, F>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -75,28 +126,67 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // A connection reset before it was accepted says nothing about the
-                // listener; running out of descriptors clears only as others close.
-                if is_connection_error(&error) {
+    type Output = ();
+    type IntoFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+impl<S, B, F> Serve<S, F>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    async fn run(self) {
+        let Self {
+            listener,
+            service,
+            signal,
+        } = self;
+        // Every connection holds a receiver: it hears the shutdown through it, and the
+        // sender knows the connection has ended when it is dropped.
+        let (shutdown, open) = watch::channel(());
+        let mut signal = pin!(signal);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut signal => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // A connection reset before it was accepted says nothing about the
+                    // listener; running out of descriptors clears only as others close.
+                    if is_connection_error(&error) {
+                        continue;
+                    }
+                    tracing::error!(%error, "accept failed; pausing for 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                tracing::error!(%error, "accept failed; pausing for 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            stream,
-            peer,
-            service: service.clone(),
-        };
-        tokio::spawn(connection.serve());
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                stream,
+                peer,
+                service: service.clone(),
+                shutdown: open.clone(),
+            };
+            tokio::spawn(connection.serve());
+        }
+        drop(listener);
+        let _ = shutdown.send(());
+        drop(open);
+        shutdown.closed().await;
     }
 }
 
@@ -114,6 +204,8 @@ struct Connection<S> {
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
+    /// Changes when the server shuts down; dropped when the connection ends.
+    shutdown: watch::Receiver<()>,
 }
 
 impl<S, B> Connection<S>
@@ -127,7 +219,12 @@ where
 {
     async fn serve(mut self) {
         let peer = self.peer;
-        let head = match tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut self.stream)).await {
+        let head = tokio::select! {
+            head = tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut self.stream)) => head,
+            // A connection that has not asked for anything yet is simply closed.
+            () = shut_down(&mut self.shutdown) => return,
+        };
+        let head = match head {
             Ok(Ok(head)) => head,
             Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
             Err(_) => return tracing::debug!(%peer, "no request head in time"),
@@ -136,7 +233,7 @@ where
             Head::EventStream(request) => {
                 let mut request = *request;
                 request.extensions_mut().insert(peer);
-                respond::respond(self.stream, self.service, request).await;
+                respond::respond(self.stream, self.service, request, self.shutdown).await;
             }
             // hyper's connection is large; only the connections that need it carry it.
             Head::Other(read) => Box::pin(self.serve_with_hyper(read)).await,
@@ -150,6 +247,7 @@ where
             stream,
             peer,
             service,
+            mut shutdown,
         } = self;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(Body::incoming);
@@ -157,14 +255,28 @@ where
             call(service.clone(), request)
         });
         let io = TokioIo::new(Rewind::new(read, stream));
-        let served = hyper::server::conn::http1::Builder::new()
+        let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(io, service)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        let mut connection = pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            () = shut_down(&mut shutdown) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(error) = served {
             tracing::debug!(%error, %peer, "connection ended with an error");
         }
+    }
+}
+
+/// Completes when the server shuts down gracefully; never when it is merely dropped.
+async fn shut_down(shutdown: &mut watch::Receiver<()>) {
+    if shutdown.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

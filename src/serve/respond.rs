@@ -13,6 +13,7 @@ use http_body::Body as HttpBody;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{Body, BoxError, call};
@@ -34,8 +35,12 @@ const SERVICE_FAILED: &[u8] =
 ///
 /// The response gets a new task so that a stream, which may last for hours, is carried
 /// by a task the size of [`Streaming`], not one with room for the service's future.
-pub(super) async fn respond<S, B>(mut stream: TcpStream, service: S, request: Request<Body>)
-where
+pub(super) async fn respond<S, B>(
+    mut stream: TcpStream,
+    service: S,
+    request: Request<Body>,
+    open: watch::Receiver<()>,
+) where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: HttpBody + Send + 'static,
@@ -48,7 +53,7 @@ where
         let _ = stream.write_all(SERVICE_FAILED).await;
         return;
     };
-    tokio::spawn(Streaming::new(stream, response));
+    tokio::spawn(Streaming::new(stream, response, open));
 }
 
 pin_project! {
@@ -63,6 +68,8 @@ pin_project! {
         framing: Framing,
         // Whether the whole body is in `out`.
         ended: bool,
+        // Tells a server shutting down that this connection is still open.
+        _open: watch::Receiver<()>,
     }
 }
 
@@ -100,7 +107,7 @@ where
     B: HttpBody,
     B::Error: Into<BoxError>,
 {
-    fn new(io: TcpStream, response: Response<B>) -> Self {
+    fn new(io: TcpStream, response: Response<B>, open: watch::Receiver<()>) -> Self {
         let (parts, body) = response.into_parts();
         let framing = Framing::of(&parts, &body);
         let mut out = Outgoing::default();
@@ -113,6 +120,7 @@ where
             framing,
             // A status without a body ends with its head.
             ended: matches!(framing, Framing::Empty),
+            _open: open,
         }
     }
 }

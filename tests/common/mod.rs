@@ -80,7 +80,9 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(tower_fanout::serve(listener, service));
+    tokio::spawn(std::future::IntoFuture::into_future(tower_fanout::serve(
+        listener, service,
+    )));
     addr
 }
 
