@@ -166,8 +166,9 @@ impl StreamLayer {
         self.configure(|config| config.read_limit = bytes)
     }
 
-    /// How long a write to a WebSocket client may take before the connection is closed.
-    /// Default: 10 s.
+    /// How long a write to a WebSocket client may take before the connection is closed,
+    /// and, under [`tower_fanout::serve`](crate::serve()), a write to a Server-Sent-Events
+    /// client. Default: 10 s.
     pub fn write_timeout(self, timeout: Duration) -> Self {
         self.configure(|config| config.write_timeout = timeout)
     }

@@ -9,6 +9,7 @@ use tower_service::Service;
 use crate::body::{Prepared, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::layer::{Config, query_param};
+use crate::serve::WriteTimeout;
 use crate::sse::SseBody;
 use crate::{Rejection, ws};
 
@@ -106,6 +107,10 @@ fn sse_response(
         header::HeaderValue::from_static("no-cache"),
     );
     headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    // `tower_fanout::serve` closes a stream whose client stops reading for this long.
+    response
+        .extensions_mut()
+        .insert(WriteTimeout(config.write_timeout));
     Ok(response)
 }
 

@@ -197,6 +197,45 @@ async fn a_quiet_stream_gets_keep_alive_comments() {
     assert_eq!(sse.next_event().await.data, "after the quiet");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stops_reading_is_closed_after_the_write_timeout() {
+    // The default lag policy skips events: only the write timeout can end the stream.
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).write_timeout(Duration::from_millis(200));
+    let addr = serve_fanout(layer.layer(Inner)).await;
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // Events of 1 KB until the socket buffers between the two are full and the stream's
+    // writes have waited for the timeout.
+    let payload = "z".repeat(1000);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut published = 0;
+    while hub.stats().subscribers > 0 {
+        assert!(
+            published < 1_000_000 && tokio::time::Instant::now() < deadline,
+            "the stream is still open after {published} events"
+        );
+        for _ in 0..100 {
+            hub.broadcast("t", format!("{published} {payload}"));
+            published += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut sent = Vec::new();
+    let read = timeout(WAIT, stalled.read_to_end(&mut sent))
+        .await
+        .expect("the connection ends in time");
+    assert!(
+        read.is_err() || sent.starts_with(b"HTTP/1.1 200 OK"),
+        "what the client had been sent"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_is_unsubscribed() {
     let hub = Hub::new();

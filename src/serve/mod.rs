@@ -66,6 +66,12 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// How long a new connection has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// In a response's extensions: how long the bytes of its body may wait for the client
+/// before the connection is closed. The layer's event streams carry its
+/// `write_timeout`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WriteTimeout(pub(crate) Duration);
+
 /// Serves `service` on the connections `listener` accepts, each in a task of its own,
 /// once awaited; runs until dropped, or until the signal of
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown).

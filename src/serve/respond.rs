@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Buf;
 use http::response::Parts;
@@ -14,11 +14,12 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Body, BoxError, call};
+use super::{Body, BoxError, WriteTimeout, call};
 use crate::outgoing::Outgoing;
-use crate::wake::Signal;
+use crate::wake::{Alarm, Signal};
 
 /// Rounds of gathering and writing one wake-up may do before yielding.
 const ROUNDS: usize = 16;
@@ -68,6 +69,13 @@ pin_project! {
         framing: Framing,
         // Whether the whole body is in `out`.
         ended: bool,
+        // How long bytes may wait for the client, when the response says
+        // (`WriteTimeout`).
+        write_timeout: Option<Duration>,
+        // Rings when waiting bytes are overdue; made at the first write that waits.
+        deadline: Option<Alarm>,
+        // Whether bytes are waiting for the client, and `deadline` is running.
+        waiting: bool,
         // Tells a server shutting down that this connection is still open.
         _open: watch::Receiver<()>,
     }
@@ -99,6 +107,8 @@ impl Framing {
 enum End {
     /// The client closed the connection, or it broke.
     Gone,
+    /// The client has not read what was written for longer than the write timeout.
+    WriteTimedOut,
     Body(BoxError),
 }
 
@@ -110,6 +120,7 @@ where
     fn new(io: TcpStream, response: Response<B>, open: watch::Receiver<()>) -> Self {
         let (parts, body) = response.into_parts();
         let framing = Framing::of(&parts, &body);
+        let write_timeout = parts.extensions.get().map(|&WriteTimeout(timeout)| timeout);
         let mut out = Outgoing::default();
         put_head(out.bytes(), &parts, framing);
         Self {
@@ -120,6 +131,9 @@ where
             framing,
             // A status without a body ends with its head.
             ended: matches!(framing, Framing::Empty),
+            write_timeout,
+            deadline: None,
+            waiting: false,
             _open: open,
         }
     }
@@ -141,6 +155,9 @@ where
             readable: this.readable,
             framing: *this.framing,
             ended: this.ended,
+            write_timeout: *this.write_timeout,
+            deadline: this.deadline,
+            waiting: this.waiting,
         };
         match ready!(writer.poll_send(cx)) {
             Ok(()) => {
@@ -148,6 +165,7 @@ where
                 let _ = ready!(Pin::new(&mut *this.io).poll_shutdown(cx));
             }
             Err(End::Gone) => tracing::debug!("connection lost"),
+            Err(End::WriteTimedOut) => tracing::debug!("write timed out; connection closed"),
             Err(End::Body(error)) => {
                 // Closing without the last chunk tells the client the response broke off.
                 tracing::debug!(%error, "the response body failed");
@@ -165,6 +183,9 @@ struct Writer<'a, B> {
     readable: &'a mut Signal,
     framing: Framing,
     ended: &'a mut bool,
+    write_timeout: Option<Duration>,
+    deadline: &'a mut Option<Alarm>,
+    waiting: &'a mut bool,
 }
 
 impl<B> Writer<'_, B>
@@ -180,11 +201,14 @@ where
             }
             let more = self.gather(cx)?;
             match self.out.poll_write(self.io, cx) {
-                Poll::Ready(Ok(())) if *self.ended => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => *self.waiting = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
                 // The socket wakes the task when it takes more.
+                Poll::Pending if self.overdue(cx) => return Poll::Ready(Err(End::WriteTimedOut)),
                 Poll::Pending => return Poll::Pending,
+            }
+            if *self.ended {
+                return Poll::Ready(Ok(()));
             }
             if !more {
                 return Poll::Pending;
@@ -192,6 +216,25 @@ where
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// A write is waiting: whether it has waited longer than the write timeout. The
+    /// deadline starts with the first write that waits and ends when all is written.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.write_timeout else {
+            return false;
+        };
+        if !*self.waiting {
+            *self.waiting = true;
+            let at = Instant::now() + timeout;
+            match self.deadline {
+                Some(alarm) => alarm.set(at),
+                None => *self.deadline = Some(Alarm::new(at)),
+            }
+        }
+        self.deadline
+            .as_mut()
+            .is_some_and(|alarm| alarm.poll_rung(cx))
     }
 
     /// Puts the body's ready frames into `out`; true when it stopped before the body said
