@@ -138,61 +138,51 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        Box::pin(async move {
+            let Self {
+                listener,
+                service,
+                signal,
+            } = self;
+            // Every connection holds a receiver: it hears the shutdown through it, and the
+            // sender knows the connection has ended when it is dropped.
+            let (shutdown, open) = watch::channel(());
+            let mut signal = pin!(signal);
+            loop {
+                let (stream, peer) = tokio::select! {
+                    accepted = accept(&listener) => accepted,
+                    () = &mut signal => break,
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = Connection {
+                    stream,
+                    peer,
+                    service: service.clone(),
+                    shutdown: open.clone(),
+                };
+                tokio::spawn(connection.serve());
+            }
+            drop(listener);
+            let _ = shutdown.send(());
+            drop(open);
+            shutdown.closed().await;
+        })
     }
 }
 
-impl<S, B, F> Serve<S, F>
-where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    F: Future<Output = ()> + Send + 'static,
-{
-    async fn run(self) {
-        let Self {
-            listener,
-            service,
-            signal,
-        } = self;
-        // Every connection holds a receiver: it hears the shutdown through it, and the
-        // sender knows the connection has ended when it is dropped.
-        let (shutdown, open) = watch::channel(());
-        let mut signal = pin!(signal);
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = &mut signal => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // A connection reset before it was accepted says nothing about the
-                    // listener; running out of descriptors clears only as others close.
-                    if is_connection_error(&error) {
-                        continue;
-                    }
-                    tracing::error!(%error, "accept failed; pausing for 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let connection = Connection {
-                stream,
-                peer,
-                service: service.clone(),
-                shutdown: open.clone(),
-            };
-            tokio::spawn(connection.serve());
+/// The next connection; accept errors are logged and waited out.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            // A connection reset before it was accepted says nothing about the listener.
+            Err(error) if is_connection_error(&error) => {}
+            Err(error) => {
+                // Running out of descriptors clears only as other connections close.
+                tracing::error!(%error, "accept failed; pausing for 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
-        drop(listener);
-        let _ = shutdown.send(());
-        drop(open);
-        shutdown.closed().await;
     }
 }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::Buf;
+use bytes::{Buf, BufMut};
 use http::response::Parts;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
@@ -60,25 +60,29 @@ pub(super) async fn respond<S, B>(
 pin_project! {
     /// Writes a response to the socket until it ends, or the client leaves.
     struct Streaming<B> {
-        io: TcpStream,
         #[pin]
         body: B,
-        out: Outgoing,
-        // Says whether the socket may have something to read: the client's leaving.
-        readable: Signal,
-        framing: Framing,
-        // Whether the whole body is in `out`.
-        ended: bool,
-        // How long bytes may wait for the client, when the response says
-        // (`WriteTimeout`).
-        write_timeout: Option<Duration>,
-        // Rings when waiting bytes are overdue; made at the first write that waits.
-        deadline: Option<Alarm>,
-        // Whether bytes are waiting for the client, and `deadline` is running.
-        waiting: bool,
-        // Tells a server shutting down that this connection is still open.
-        _open: watch::Receiver<()>,
+        writer: Writer,
     }
+}
+
+/// Everything of a response on its way but the body.
+struct Writer {
+    io: TcpStream,
+    out: Outgoing,
+    /// Says whether the socket may have something to read: the client's leaving.
+    readable: Signal,
+    framing: Framing,
+    /// Whether the whole body is in `out`.
+    ended: bool,
+    /// How long bytes may wait for the client, when the response says (`WriteTimeout`).
+    write_timeout: Option<Duration>,
+    /// Rings when waiting bytes are overdue; made at the first write that waits.
+    deadline: Option<Alarm>,
+    /// Whether bytes are waiting for the client, and `deadline` is running.
+    waiting: bool,
+    /// Tells a server shutting down that this connection is still open.
+    _open: watch::Receiver<()>,
 }
 
 /// How the body is delimited.
@@ -123,9 +127,8 @@ where
         let write_timeout = parts.extensions.get().map(|&WriteTimeout(timeout)| timeout);
         let mut out = Outgoing::default();
         put_head(out.bytes(), &parts, framing);
-        Self {
+        let writer = Writer {
             io,
-            body,
             out,
             readable: Signal::new(),
             framing,
@@ -135,7 +138,8 @@ where
             deadline: None,
             waiting: false,
             _open: open,
-        }
+        };
+        Self { body, writer }
     }
 }
 
@@ -147,22 +151,12 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let mut writer = Writer {
-            io: this.io,
-            body: this.body.as_mut(),
-            out: this.out,
-            readable: this.readable,
-            framing: *this.framing,
-            ended: this.ended,
-            write_timeout: *this.write_timeout,
-            deadline: this.deadline,
-            waiting: this.waiting,
-        };
-        match ready!(writer.poll_send(cx)) {
+        let this = self.project();
+        let writer = this.writer;
+        match ready!(writer.poll_send(this.body, cx)) {
             Ok(()) => {
                 // The response is whole: say so with a FIN, not a reset.
-                let _ = ready!(Pin::new(&mut *this.io).poll_shutdown(cx));
+                let _ = ready!(Pin::new(&mut writer.io).poll_shutdown(cx));
             }
             Err(End::Gone) => tracing::debug!("connection lost"),
             Err(End::WriteTimedOut) => tracing::debug!("write timed out; connection closed"),
@@ -175,39 +169,26 @@ where
     }
 }
 
-/// The response's fields, borrowed for one poll.
-struct Writer<'a, B> {
-    io: &'a mut TcpStream,
-    body: Pin<&'a mut B>,
-    out: &'a mut Outgoing,
-    readable: &'a mut Signal,
-    framing: Framing,
-    ended: &'a mut bool,
-    write_timeout: Option<Duration>,
-    deadline: &'a mut Option<Alarm>,
-    waiting: &'a mut bool,
-}
-
-impl<B> Writer<'_, B>
-where
-    B: HttpBody,
-    B::Error: Into<BoxError>,
-{
+impl Writer {
     /// Writes the response until it ends or the client leaves.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+    fn poll_send<B>(&mut self, mut body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<Result<(), End>>
+    where
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+    {
         for _ in 0..ROUNDS {
             if self.client_left(cx) {
                 return Poll::Ready(Err(End::Gone));
             }
-            let more = self.gather(cx)?;
-            match self.out.poll_write(self.io, cx) {
-                Poll::Ready(Ok(())) => *self.waiting = false,
+            let more = self.gather(body.as_mut(), cx)?;
+            match self.out.poll_write(&mut self.io, cx) {
+                Poll::Ready(Ok(())) => self.waiting = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
                 // The socket wakes the task when it takes more.
                 Poll::Pending if self.overdue(cx) => return Poll::Ready(Err(End::WriteTimedOut)),
                 Poll::Pending => return Poll::Pending,
             }
-            if *self.ended {
+            if self.ended {
                 return Poll::Ready(Ok(()));
             }
             if !more {
@@ -224,12 +205,12 @@ where
         let Some(timeout) = self.write_timeout else {
             return false;
         };
-        if !*self.waiting {
-            *self.waiting = true;
+        if !self.waiting {
+            self.waiting = true;
             let at = Instant::now() + timeout;
-            match self.deadline {
+            match &mut self.deadline {
                 Some(alarm) => alarm.set(at),
-                None => *self.deadline = Some(Alarm::new(at)),
+                None => self.deadline = Some(Alarm::new(at)),
             }
         }
         self.deadline
@@ -239,12 +220,16 @@ where
 
     /// Puts the body's ready frames into `out`; true when it stopped before the body said
     /// it had nothing more for now.
-    fn gather(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+    fn gather<B>(&mut self, mut body: Pin<&mut B>, cx: &mut Context<'_>) -> Result<bool, End>
+    where
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+    {
         for _ in 0..FRAMES {
-            if *self.ended || !self.out.has_room() {
-                return Ok(!*self.ended);
+            if self.ended || !self.out.has_room() {
+                return Ok(!self.ended);
             }
-            match self.body.as_mut().poll_frame(cx) {
+            match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are dropped: the client was not asked whether it takes them.
                     if let Ok(data) = frame.into_data() {
@@ -256,7 +241,7 @@ where
                     if let Framing::Chunked = self.framing {
                         self.out.bytes().extend_from_slice(b"0\r\n\r\n");
                     }
-                    *self.ended = true;
+                    self.ended = true;
                 }
                 Poll::Pending => return Ok(false),
             }
@@ -271,10 +256,10 @@ where
             Framing::Chunked if data.has_remaining() => {
                 put_hex(out, data.remaining());
                 out.extend_from_slice(b"\r\n");
-                put_buf(out, data);
+                out.put(data);
                 out.extend_from_slice(b"\r\n");
             }
-            Framing::Length(_) => put_buf(out, data),
+            Framing::Length(_) => out.put(data),
             Framing::Chunked | Framing::Empty => {}
         }
     }
@@ -289,7 +274,7 @@ where
         let mut scratch = [0; 256];
         for _ in 0..READS {
             let mut buf = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut *self.io).poll_read(&mut read_cx, &mut buf) {
+            match Pin::new(&mut self.io).poll_read(&mut read_cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return true,
@@ -356,15 +341,6 @@ fn put_hex(out: &mut Vec<u8>, mut value: usize) {
         }
     }
     out.extend_from_slice(&digits[start..]);
-}
-
-fn put_buf(out: &mut Vec<u8>, mut data: impl Buf) {
-    while data.has_remaining() {
-        let chunk = data.chunk();
-        let len = chunk.len();
-        out.extend_from_slice(chunk);
-        data.advance(len);
-    }
 }
 
 #[cfg(test)]
