@@ -138,12 +138,14 @@ async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
 
     let open = open_streams(addr, &hub).await;
     // A keep-alive connection that hyper serves, idle between requests, and one that
-    // has sent nothing yet: both are closed.
+    // has sent nothing yet: both are closed. The silent one connects first: connections
+    // are accepted in order, so the answer to the other shows it has been accepted (a
+    // connection still in the listen backlog is reset when the listener closes).
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
     let mut idle = TcpStream::connect(addr).await.expect("connect");
     idle.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut silent = TcpStream::connect(addr).await.expect("connect");
     let mut answer = [0; 1024];
     let n = timeout(WAIT, idle.read(&mut answer))
         .await
