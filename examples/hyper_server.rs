@@ -142,11 +142,11 @@ async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (&Method::POST, path) if path.starts_with("/publish/") => {
             let topic = path.trim_start_matches("/publish/").to_owned();
+            // Decoded as a browser encodes it: `?event=a%20b` is the type `a b`.
             let event_type = request.uri().query().and_then(|query| {
-                query
-                    .split('&')
-                    .find_map(|pair| pair.strip_prefix("event="))
-                    .map(str::to_owned)
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(key, _)| key == "event")
+                    .map(|(_, value)| value.into_owned())
             });
             let data = match Limited::new(request.into_body(), MAX_PUBLISH)
                 .collect()

@@ -708,11 +708,8 @@ mod server {
 
     pub(super) fn param(uri: &http::Uri, name: &str) -> usize {
         uri.query()
-            .and_then(|q| {
-                q.split('&')
-                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-            })
-            .and_then(|value| value.parse().ok())
+            .and_then(|query| form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name))
+            .and_then(|(_, value)| value.parse().ok())
             .unwrap_or(0)
     }
 

@@ -122,7 +122,8 @@ impl StreamLayer {
     /// headers and extensions, so a layer in front can leave the authenticated user there)
     /// and returns the topic, or a [`Rejection`] that answers the request.
     ///
-    /// Default: the `topic` query parameter, 400 when absent.
+    /// Default: the `topic` query parameter, decoded as a browser's `URLSearchParams`
+    /// decodes it (`?topic=caf%C3%A9+noir` is `café noir`); 400 when absent.
     pub fn topic<F>(self, resolver: F) -> Self
     where
         F: Fn(&Parts) -> Result<String, Rejection> + Send + Sync + 'static,
@@ -274,7 +275,7 @@ impl Config {
     }
 }
 
-/// The default topic resolver: the `topic` query parameter, percent-decoded.
+/// The default topic resolver: the `topic` query parameter, decoded.
 fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
     query_param(parts, "topic")
         .filter(|topic| !topic.is_empty())
@@ -286,29 +287,11 @@ fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
         })
 }
 
-/// The first value of the query parameter `name`, percent-decoded.
+/// The first value of the query parameter `name`, decoded as a browser's
+/// `URLSearchParams` decodes it (`application/x-www-form-urlencoded`: `+` is a space,
+/// `%XX` a byte, bytes that are not UTF-8 become U+FFFD).
 pub(crate) fn query_param(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .uri
-        .query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-        .and_then(percent_decode)
-}
-
-/// Decodes `%XX` escapes and `+`; `None` when the result is not UTF-8 or an escape is bad.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.bytes();
-    while let Some(byte) = rest.next() {
-        bytes.push(match byte {
-            b'+' => b' ',
-            b'%' => {
-                let hex = [rest.next()?, rest.next()?];
-                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
-            }
-            other => other,
-        });
-    }
-    String::from_utf8(bytes).ok()
+    form_urlencoded::parse(parts.uri.query()?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }

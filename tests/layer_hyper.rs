@@ -204,3 +204,29 @@ async fn bursts_reach_every_connection_whole_and_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn query_parameters_are_decoded_as_a_browser_encodes_them() {
+    let hub = Hub::builder().history(8).build();
+    let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let mut socket = common::ws_connect(&format!("ws://{addr}/?topic=caf%C3%A9+noir")).await;
+    let mut sse = common::SseClient::connect(addr, "/?x=%26&topic=caf%C3%A9%20noir").await;
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+    let first = tower_fanout::Event::new("one")
+        .id("a b&c")
+        .expect("valid id");
+    assert_eq!(hub.broadcast("café noir", first), 2);
+    hub.broadcast("café noir", "two");
+    assert_eq!(common::next_text(&mut socket).await, "one");
+    assert_eq!(sse.next_event().await.data, "one");
+
+    // Resuming after a publisher's id that needs escaping, by `lastEventId` and `since`.
+    let mut resumed =
+        common::SseClient::connect(addr, "/?topic=caf%C3%A9+noir&lastEventId=a+b%26c").await;
+    assert_eq!(resumed.next_event().await.data, "two");
+    let mut socket = common::ws_connect(&format!(
+        "ws://{addr}/?topic=caf%C3%A9+noir&since=a%20b%26c"
+    ))
+    .await;
+    assert_eq!(common::next_text(&mut socket).await, "two");
+}
