@@ -32,9 +32,10 @@ async fn the_hub_resumes_after_an_id_from_its_history() {
         "unique: {ids:?}"
     );
     drop(first);
+    let stats = hub.stats();
     assert_eq!(
-        hub.stats().topics,
-        1,
+        (stats.topics, stats.idle_topics),
+        (0, 1),
         "the topic keeps its history without subscribers"
     );
 
@@ -70,7 +71,7 @@ async fn idle_topics_are_bounded() {
         drop(hub.subscribe(topic));
     }
     assert_eq!(
-        hub.stats().topics,
+        hub.stats().idle_topics,
         2,
         "the longest idle topic was forgotten"
     );
@@ -211,6 +212,9 @@ async fn disconnecting_a_topic_closes_its_connections() {
     let mut sse = SseClient::connect(addr, "/?topic=device").await;
     wait_until("subscribed", || hub.stats().subscribers == 2).await;
     assert_eq!(hub.disconnect("device"), 2);
+    // Ended at once, though their connections are still closing.
+    assert_eq!(hub.broadcast("device", "too late"), 0);
+    assert_eq!(hub.disconnect("device"), 0);
 
     assert_eq!(common::close_code(&mut socket).await, Some(1000));
     // The response ends (EventSource then reconnects by itself).
@@ -218,4 +222,46 @@ async fn disconnecting_a_topic_closes_its_connections() {
         .await
         .expect("the SSE response ended");
     wait_until("both unsubscribed", || hub.stats().subscribers == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnecting_again_and_again_evicts_no_other_history() {
+    let hub = Hub::builder().history(8).idle_topics(4).shards(1).build();
+    let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    // Three topics with history whose clients have gone.
+    let mut resume_from = Vec::new();
+    for topic in ["a", "b", "c"] {
+        let mut client = SseClient::connect(addr, &format!("/?topic={topic}")).await;
+        wait_until("subscribed", || hub.stats().subscribers == 1).await;
+        hub.broadcast(topic, "first");
+        hub.broadcast(topic, "second");
+        let first = client.next_event().await;
+        resume_from.push((topic, first.id.expect("the hub gave an id")));
+        drop(client);
+        wait_until("gone", || hub.stats().subscribers == 0).await;
+    }
+    // One client comes back to a fourth topic, many more times than topics may idle.
+    for _ in 0..20 {
+        let client = SseClient::connect(addr, "/?topic=d").await;
+        wait_until("subscribed", || hub.stats().subscribers == 1).await;
+        drop(client);
+        wait_until("gone", || hub.stats().subscribers == 0).await;
+    }
+    let stats = hub.stats();
+    assert_eq!((stats.topics, stats.idle_topics), (0, 4), "{stats:?}");
+
+    for (topic, id) in resume_from {
+        let mut client = SseClient::connect_with(
+            addr,
+            &format!("/?topic={topic}"),
+            &format!("Last-Event-ID: {id}\r\n"),
+        )
+        .await;
+        let event = client.next_event().await;
+        assert_eq!(
+            (event.event.as_str(), event.data.as_str()),
+            ("message", "second"),
+            "{topic} resumed whole"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! costs nothing but its cursor, and memory per topic is bounded by the ring's capacity.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
@@ -16,6 +17,10 @@ pub(super) struct Channel {
     pub(super) topic: Box<str>,
     /// The topic's hash in the hub, which keys the shard's table.
     pub(super) hash: u64,
+    /// While the topic is idle (no subscriber, kept for its history), the generation of
+    /// its entry in the shard's idle queue; 0 otherwise. Written and read only under the
+    /// shard's lock, so that the queue can be checked without locking each channel.
+    pub(super) idle: AtomicU64,
     pub(super) state: Mutex<ChannelState>,
 }
 
@@ -25,13 +30,13 @@ pub(super) struct ChannelState {
     ring: VecDeque<Slot>,
     retention: Retention,
     next_seq: u64,
+    /// Subscriptions reading the ring, ended ones included until they are dropped.
     pub(super) subscribers: usize,
+    /// Subscriptions that have not ended: those a broadcast reaches.
+    pub(super) live: usize,
     /// Bumped by [`Hub::disconnect`](super::Hub::disconnect): subscriptions that joined
     /// before end.
     pub(super) disconnects: u64,
-    /// Bumped each time the channel loses its last subscriber, to recognise it in the
-    /// shard's queue of idle topics.
-    pub(super) idle_since: u64,
     pub(super) waiters: Waiters,
     pub(super) closed: Option<CloseReason>,
 }
@@ -63,14 +68,15 @@ impl Channel {
         Self {
             topic: topic.into(),
             hash,
+            idle: AtomicU64::new(0),
             state: Mutex::new(ChannelState {
                 // Grows on demand up to the capacity: a quiet topic stays small.
                 ring: VecDeque::new(),
                 retention,
                 next_seq: 0,
                 subscribers: 0,
+                live: 0,
                 disconnects: 0,
-                idle_since: 0,
                 waiters: Waiters::default(),
                 closed: None,
             }),
@@ -101,6 +107,7 @@ impl ChannelState {
     /// Adds a subscriber that reads from `cursor` on.
     pub(super) fn join(&mut self, cursor: u64) {
         self.subscribers += 1;
+        self.live += 1;
         let start = (cursor.saturating_sub(self.oldest()) as usize).min(self.ring.len());
         for slot in self.ring.range_mut(start..) {
             slot.unread += 1;
@@ -198,10 +205,14 @@ impl ChannelState {
         Read::Events { count, caught_up }
     }
 
-    /// Forgets a subscriber at `cursor`: the events it has not read are no longer held
-    /// for it. Returns how many events it had lost to the ring without noticing.
-    pub(super) fn leave(&mut self, cursor: u64) -> u64 {
+    /// Forgets a subscriber at `cursor`, which has `ended` already or not: the events it
+    /// has not read are no longer held for it. Returns how many events it had lost to the
+    /// ring without noticing.
+    pub(super) fn leave(&mut self, cursor: u64, ended: bool) -> u64 {
         self.subscribers -= 1;
+        if !ended {
+            self.live -= 1;
+        }
         let oldest = self.oldest();
         let start = cursor.saturating_sub(oldest) as usize;
         for slot in self.ring.range_mut(start.min(self.ring.len())..) {

@@ -52,6 +52,9 @@ use crate::backplane::{Backplane, Remote};
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_BUFFER: usize = 256;
 const DEFAULT_IDLE_TOPICS: usize = 10_000;
+/// Stale entries the idle queue of a shard may hold beyond its idle topics before they are
+/// swept.
+const STALE_SLACK: usize = 64;
 
 /// A handle to a topic-keyed fan-out hub. Cloning it is cheap; all clones share the hub.
 #[derive(Clone)]
@@ -88,9 +91,13 @@ struct ShardState {
     /// Keyed by the topic's hash, computed once per call and shared with shard selection.
     topics: HashTable<Arc<Channel>>,
     /// Topics that kept their history when their last subscriber left, oldest first, with
-    /// the idle generation they had then; entries of topics that found subscribers again
-    /// are skipped when they come up.
+    /// the generation of their entry (`Channel::idle`). A topic that finds subscribers
+    /// again leaves a stale entry behind, skipped when it comes up.
     idle: VecDeque<(Arc<Channel>, u64)>,
+    /// Topics idle now: the fresh entries of `idle`.
+    idle_topics: usize,
+    /// The generation of the newest entry of `idle`.
+    idle_generation: u64,
     subscribers: usize,
     broadcasts: u64,
     deliveries: u64,
@@ -147,7 +154,11 @@ impl fmt::Display for CloseReason {
 pub struct Stats {
     /// Topics with at least one subscriber.
     pub topics: usize,
-    /// Live subscriptions.
+    /// Topics without subscribers kept for their history ([`HubBuilder::history`]), at
+    /// most [`HubBuilder::idle_topics`].
+    pub idle_topics: usize,
+    /// Subscriptions not yet dropped. One that has ended ([`Hub::disconnect`], lag) counts
+    /// until its handle is dropped, as a connection's does when the connection closes.
     pub subscribers: usize,
     /// Calls to [`Hub::broadcast`] while the hub was open.
     pub broadcasts: u64,
@@ -314,7 +325,8 @@ impl Hub {
     }
 
     /// Sends `event` to every current subscriber of `topic` and returns how many there
-    /// were.
+    /// were. A subscription that has ended (by [`Hub::disconnect`] or its lag policy) is
+    /// not counted, even before it is dropped.
     ///
     /// Never waits for a subscriber and never blocks on one: a subscriber whose buffer is
     /// full is handled by the [`LagPolicy`] when it next reads. Callable from any thread,
@@ -355,7 +367,8 @@ impl Hub {
 
     /// Ends every current subscription of `topic` ([`CloseReason::Disconnected`]): their
     /// connections close, and later subscriptions are not affected. The topic keeps its
-    /// history. Returns how many subscriptions were ended.
+    /// history. Returns how many subscriptions were ended, not counting those that had
+    /// ended already.
     pub fn disconnect(&self, topic: &str) -> usize {
         let hash = self.inner.hasher.hash_one(topic);
         with_wake_list(|wake| {
@@ -366,7 +379,7 @@ impl Hub {
             let mut channel = lock(&channel.state);
             channel.disconnects += 1;
             channel.waiters.take_all(wake);
-            channel.subscribers
+            std::mem::take(&mut channel.live)
         })
     }
 
@@ -388,7 +401,14 @@ impl Hub {
             );
         }
         let channel = match state.topics.find(hash, |channel| channel.is(topic)) {
-            Some(channel) => Arc::clone(channel),
+            Some(channel) => {
+                let channel = Arc::clone(channel);
+                // An idle topic is idle no more; its entry in the idle queue is stale.
+                if channel.idle.swap(0, Ordering::Relaxed) != 0 {
+                    state.idle_topics -= 1;
+                }
+                channel
+            }
             None => {
                 let channel = Arc::new(Channel::new(topic, hash, self.retention()));
                 state
@@ -433,6 +453,7 @@ impl Hub {
                 for channel in &state.topics {
                     let mut channel = lock(&channel.state);
                     channel.closed = Some(CloseReason::HubClosed);
+                    channel.live = 0;
                     channel.waiters.take_all(wake);
                 }
             });
@@ -449,7 +470,8 @@ impl Hub {
         let mut stats = Stats::default();
         for shard in self.inner.shards.iter() {
             let state = lock(&shard.state);
-            stats.topics += state.topics.len();
+            stats.topics += state.topics.len() - state.idle_topics;
+            stats.idle_topics += state.idle_topics;
             stats.subscribers += state.subscribers;
             stats.broadcasts += state.broadcasts;
             stats.deliveries += state.deliveries;
@@ -482,7 +504,7 @@ impl HubCore {
                 return (0, Some(event), None);
             };
             let mut channel = lock(&channel.state);
-            let reached = channel.subscribers;
+            let reached = channel.live;
             let evicted = channel.push(event, wake);
             // What the others get carries the id this node gave it.
             let published = backplane.and_then(|_| channel.newest());
@@ -510,36 +532,44 @@ impl HubCore {
     }
 
     /// Called under the shard's lock when `channel` has lost its last subscriber: forgets
-    /// it, or keeps it for its history while fewer than the bound of topics are idle.
-    /// Returns what the caller frees after unlocking.
+    /// it, or keeps it for its history while no more than the bound of topics are idle,
+    /// forgetting the longest idle beyond it. Returns what the caller frees after
+    /// unlocking.
     fn retire(
         &self,
         state: &mut ShardState,
         channel: &Arc<Channel>,
-        idle: &mut ChannelState,
+        keeps_history: bool,
     ) -> Vec<Arc<Channel>> {
-        let mut forgotten = Vec::new();
-        if idle.keeps_history() {
-            idle.idle_since += 1;
-            state.idle.push_back((Arc::clone(channel), idle.idle_since));
-        } else {
+        if !keeps_history {
             self.forget(state, channel);
+            return Vec::new();
         }
-        while state.idle.len() > self.idle_per_shard {
+        state.idle_generation += 1;
+        channel.idle.store(state.idle_generation, Ordering::Relaxed);
+        state
+            .idle
+            .push_back((Arc::clone(channel), state.idle_generation));
+        state.idle_topics += 1;
+        let mut forgotten = Vec::new();
+        // Every idle topic has one fresh entry, so the queue holds one while this runs.
+        while state.idle_topics > self.idle_per_shard {
             let Some((oldest, generation)) = state.idle.pop_front() else {
                 break;
             };
-            // The caller holds the lock of `channel` already.
-            let still_idle = if Arc::ptr_eq(&oldest, channel) {
-                idle.subscribers == 0 && idle.idle_since == generation
-            } else {
-                let oldest = lock(&oldest.state);
-                oldest.subscribers == 0 && oldest.idle_since == generation
-            };
-            if still_idle {
+            if oldest.idle.load(Ordering::Relaxed) == generation {
+                oldest.idle.store(0, Ordering::Relaxed);
+                state.idle_topics -= 1;
                 self.forget(state, &oldest);
                 forgotten.push(oldest);
             }
+        }
+        // A topic whose clients come and go leaves a stale entry each time: sweep them
+        // before they outnumber the idle topics, so the queue stays within twice the bound.
+        if state.idle.len() > 2 * state.idle_topics + STALE_SLACK {
+            state.idle.retain(|(channel, generation)| {
+                channel.idle.load(Ordering::Relaxed) == *generation
+            });
         }
         forgotten
     }
@@ -573,4 +603,38 @@ fn with_wake_list<R>(f: impl FnOnce(&mut Vec<Waker>) -> R) -> R {
     wake.drain(..).for_each(Waker::wake);
     WAKE_LIST.set(wake);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_whose_clients_come_and_go_leaves_the_idle_queue_bounded() {
+        let hub = Hub::builder().history(4).idle_topics(8).shards(1).build();
+        drop(hub.subscribe("kept"));
+        for _ in 0..10_000 {
+            drop(hub.subscribe("busy"));
+        }
+        let state = lock(&hub.inner.shards[0].state);
+        assert_eq!(state.idle_topics, 2);
+        assert!(
+            state.idle.len() <= 2 * 2 + STALE_SLACK + 1,
+            "{}",
+            state.idle.len()
+        );
+        drop(state);
+        let (_resumed, resume) = hub.resume("kept", "unknown");
+        assert_eq!(
+            resume,
+            Resume::EventsLost,
+            "an unknown id is lost either way"
+        );
+        let stats = hub.stats();
+        assert_eq!(
+            (stats.topics, stats.idle_topics),
+            (1, 1),
+            "kept is subscribed again"
+        );
+    }
 }

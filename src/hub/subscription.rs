@@ -189,6 +189,11 @@ impl Subscription {
                 Poll::Ready(Ok((count, caught_up)))
             }
             Read::Lagged(missed) => {
+                let ends = self.hub.inner.lag_policy == LagPolicy::Disconnect;
+                // A closed channel counts no one live any more.
+                if ends && channel.closed.is_none() {
+                    channel.live -= 1;
+                }
                 drop(channel);
                 Poll::Ready(Err(self.lagged(missed)))
             }
@@ -252,12 +257,17 @@ impl Drop for Subscription {
             let mut state = lock(&shard.state);
             let mut channel = lock(&self.channel.state);
             channel.waiters.remove(self.registration);
-            let missed = channel.leave(self.cursor);
+            // Ended by lagging, by a disconnect or by the hub's close: not counted live.
+            let ended = self.closed == Some(CloseReason::Lagged)
+                || channel.disconnects != self.disconnects
+                || channel.closed.is_some();
+            let missed = channel.leave(self.cursor, ended);
             state.subscribers -= 1;
             let forgotten = if channel.subscribers == 0 {
+                let keeps_history = channel.keeps_history();
                 self.hub
                     .inner
-                    .retire(&mut state, &self.channel, &mut channel)
+                    .retire(&mut state, &self.channel, keeps_history)
             } else {
                 Vec::new()
             };
