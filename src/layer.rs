@@ -137,7 +137,8 @@ impl StreamLayer {
     /// It must not block: the connection reads nothing else, and writes nothing, until it
     /// returns. Hand long work to a task (`tokio::spawn`). [`Inbound`] gives the message,
     /// the topic, the request's extensions, the hub and a handle that sends to this one
-    /// connection.
+    /// connection. A handler that panics closes its connection with 1011 (internal error);
+    /// the others go on.
     pub fn on_message<F>(self, handler: F) -> Self
     where
         F: Fn(Inbound<'_>) + Send + Sync + 'static,
@@ -167,9 +168,14 @@ impl StreamLayer {
         self.configure(|config| config.read_limit = bytes)
     }
 
-    /// How long a write to a WebSocket client may take before the connection is closed,
-    /// and, under [`tower_fanout::serve`](crate::serve()), a write to a Server-Sent-Events
-    /// client. Default: 10 s.
+    /// How long bytes may wait for a WebSocket client whose socket takes none of them
+    /// before the connection is closed (1013), and, under
+    /// [`tower_fanout::serve`](crate::serve()), for a Server-Sent-Events client. Default:
+    /// 10 s.
+    ///
+    /// The clock restarts whenever the socket takes bytes, so a client that keeps reading,
+    /// however slowly, is not timed out: its lag policy deals with it falling behind its
+    /// topic. A client that reads nothing is closed after this long.
     pub fn write_timeout(self, timeout: Duration) -> Self {
         self.configure(|config| config.write_timeout = timeout)
     }
@@ -183,8 +189,9 @@ impl StreamLayer {
     /// How often the server pings each WebSocket client; at least 1 ms. Default: 30 s.
     ///
     /// A client that sends nothing at all, no pong and no message, for the ping interval
-    /// plus the [ping timeout](Self::ping_timeout) is closed (1001) and unsubscribed at the
-    /// next ping: this is how a vanished peer, whose TCP connection is half open, is found.
+    /// plus the [ping timeout](Self::ping_timeout) is closed (1001) and unsubscribed: this
+    /// is how a vanished peer, whose TCP connection is half open, is found. What a client
+    /// sends is read even while it is behind on its events, so its pongs count.
     pub fn ping_interval(self, interval: Duration) -> Self {
         let interval = interval.max(Duration::from_millis(1));
         self.configure(|config| config.ping_interval = interval)

@@ -29,7 +29,19 @@ async fn serve(layer: StreamLayer) -> SocketAddr {
 
 /// A raw TCP client that has completed the opening handshake and does nothing else.
 async fn raw_upgraded(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    upgrade(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// A connection whose receive buffer is small, so that a client that reads little soon
+/// fills the server's socket buffers as well.
+async fn small_window(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Completes the opening handshake on `stream`.
+async fn upgrade(mut stream: TcpStream) -> TcpStream {
     stream.write_all(HANDSHAKE.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -354,4 +366,208 @@ async fn crowd_connects_and_drops(addr: SocketAddr, hub: &Hub) {
     wait_until("all gone", || hub.stats().subscribers == 0).await;
     assert_eq!(hub.stats().topics, 0);
     assert_still_serves(addr, hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_message_handler_closes_only_its_connection_with_1011() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).on_message(|inbound| {
+        assert_ne!(inbound.text(), Some("boom"), "the handler refuses boom");
+        let _ = inbound.connection().send(inbound.data().clone());
+    });
+    let addr = serve(layer).await;
+    let mut bystander = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    let mut client = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+
+    client.send(Message::text("boom")).await.expect("send");
+    assert_eq!(common::close_code(&mut client).await, Some(1011));
+    wait_until("its subscription is freed", || hub.stats().subscribers == 1).await;
+
+    bystander.send(Message::text("hi")).await.expect("send");
+    assert_eq!(next_text(&mut bystander).await, "hi");
+    assert_eq!(hub.broadcast("t", "still served"), 1);
+    assert_eq!(next_text(&mut bystander).await, "still served");
+    drop(bystander);
+    wait_until("no subscribers", || hub.stats().subscribers == 0).await;
+    assert_still_serves(addr, &hub).await;
+}
+
+/// What a raw WebSocket client that never answers saw: when each frame arrived.
+async fn frames_until_close(stream: &mut TcpStream) -> Vec<(u8, tokio::time::Instant)> {
+    let frames = async {
+        let mut frames = Vec::new();
+        loop {
+            let mut header = [0; 2];
+            stream.read_exact(&mut header).await.expect("a frame");
+            let len = usize::from(header[1] & 0x7f);
+            assert!(len < 126, "only control frames are expected");
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.expect("payload");
+            let opcode = header[0] & 0x0f;
+            frames.push((opcode, tokio::time::Instant::now()));
+            if opcode == 0x8 {
+                return frames;
+            }
+        }
+    };
+    timeout(WAIT, frames).await.expect("closed in time")
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_within_ping_interval_plus_ping_timeout() {
+    const INTERVAL: Duration = Duration::from_millis(1500);
+    const GRACE: Duration = Duration::from_millis(100);
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .ping_interval(INTERVAL)
+        .ping_timeout(GRACE);
+    let addr = serve(layer).await;
+
+    // Silent from its handshake on: its first ping comes one interval later, and it is
+    // due to be closed a grace period after that, not at the next ping.
+    let mut silent = raw_upgraded(addr).await;
+    let frames = frames_until_close(&mut silent).await;
+    let opcodes: Vec<u8> = frames.iter().map(|(opcode, _)| *opcode).collect();
+    assert_eq!(opcodes, [0x9, 0x8], "one ping, then the close");
+    let after_ping = frames[1].1 - frames[0].1;
+    assert!(
+        after_ping < INTERVAL / 2,
+        "closed {after_ping:?} after the ping, where {GRACE:?} was due"
+    );
+}
+
+/// Broadcasts `count` events of `size` bytes to `topic`, one every `every`.
+fn publish_steadily(
+    hub: &Hub,
+    topic: &'static str,
+    count: usize,
+    size: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let hub = hub.clone();
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        for _ in 0..count {
+            ticks.tick().await;
+            hub.broadcast(topic, payload.clone());
+        }
+    })
+}
+
+/// Reads about 40 KiB/s from `stream` for `period`, checking that the server still
+/// serves it; returns how many bytes it read.
+async fn read_slowly(stream: &mut TcpStream, hub: &Hub, period: Duration) -> usize {
+    let until = tokio::time::Instant::now() + period;
+    let mut total = 0;
+    let mut buf = [0; 1024];
+    while tokio::time::Instant::now() < until {
+        let n = timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("data in time")
+            .expect("read");
+        assert!(n > 0, "closed after {total} bytes");
+        total += n;
+        assert_eq!(
+            hub.stats().subscribers,
+            1,
+            "ended while reading, after {total} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_reader_slower_than_its_topic_is_not_timed_out_while_it_reads() {
+    const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).write_timeout(WRITE_TIMEOUT);
+    let addr = common::serve_hyper_on(
+        common::listener_with_send_buffer(16 * 1024),
+        layer.layer(Inner),
+    );
+    let mut slow = upgrade(small_window(addr).await).await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // About 800 KB/s for 4 s, 20 times what the reader takes: it lags, and what waits
+    // for it never drains, but the socket takes bytes as it reads, so no write waits the
+    // write timeout.
+    let publisher = publish_steadily(&hub, "t", 800, 4096, Duration::from_millis(5));
+    let read = read_slowly(&mut slow, &hub, Duration::from_secs(4)).await;
+    assert!(read > 20 * 1024, "read {read} bytes");
+    publisher.await.expect("published");
+
+    // A reader that stops is closed once a write has waited the timeout.
+    hub.broadcast("t", vec![b'y'; 1 << 20]);
+    wait_until("the stopped reader is closed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+    assert_still_serves(addr, &hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_reader_slower_than_its_topic_is_not_timed_out_under_fanout_serve() {
+    const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).write_timeout(WRITE_TIMEOUT);
+    let addr = common::serve_fanout_on(
+        common::listener_with_send_buffer(16 * 1024),
+        layer.layer(Inner),
+    );
+    let mut slow = small_window(addr).await;
+    slow.write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    let publisher = publish_steadily(&hub, "t", 800, 4096, Duration::from_millis(5));
+    let read = read_slowly(&mut slow, &hub, Duration::from_secs(4)).await;
+    assert!(read > 20 * 1024, "read {read} bytes");
+    publisher.await.expect("published");
+
+    hub.broadcast("t", vec![b'y'; 1 << 20]);
+    wait_until("the stopped reader is closed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pongs_are_heard_while_the_outgoing_buffer_is_full() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .ping_interval(Duration::from_millis(200))
+        .ping_timeout(Duration::from_millis(200))
+        .write_timeout(Duration::from_secs(60));
+    let addr = common::serve_hyper_on(
+        common::listener_with_send_buffer(16 * 1024),
+        layer.layer(Inner),
+    );
+    let mut client = upgrade(small_window(addr).await).await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // The client reads nothing, so everything for it waits, but it says it is alive with
+    // an unsolicited pong (masked, empty) every 100 ms.
+    let publisher = publish_steadily(&hub, "t", 300, 16 * 1024, Duration::from_millis(10));
+    for _ in 0..30 {
+        client
+            .write_all(&[0x8a, 0x80, 1, 2, 3, 4])
+            .await
+            .expect("write a pong");
+        assert_eq!(
+            hub.stats().subscribers,
+            1,
+            "closed though it kept sending pongs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.await.expect("published");
+    // Silent now: the heartbeat closes it.
+    wait_until("the silent client is closed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
 }

@@ -249,9 +249,18 @@ impl fmt::Debug for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+impl Subscription {
+    /// Leaves the topic now, as dropping does: a connection that is closing reads nothing
+    /// more, and must not hold events or count as a subscriber while its last bytes go.
+    pub(crate) fn detach(&mut self) {
         if !self.attached {
             return;
         }
+        self.attached = false;
         let shard = self.hub.inner.shard(self.channel.hash);
         let (missed, forgotten) = {
             let mut state = lock(&shard.state);
@@ -278,6 +287,8 @@ impl Drop for Subscription {
         // A subscription closed for lagging has counted its loss already.
         let missed = if self.closed.is_some() { 0 } else { missed };
         shard.dropped.fetch_add(missed, Ordering::Relaxed);
+        // Reads nothing more; the reason matters to no one once it has left.
+        self.closed.get_or_insert(CloseReason::Disconnected);
     }
 }
 

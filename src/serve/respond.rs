@@ -77,7 +77,7 @@ struct Writer {
     ended: bool,
     /// How long bytes may wait for the client, when the response says (`WriteTimeout`).
     write_timeout: Option<Duration>,
-    /// Rings when waiting bytes are overdue; made at the first write that waits.
+    /// Rings when waiting bytes may be overdue; made at the first write that waits.
     deadline: Option<Alarm>,
     /// Whether bytes are waiting for the client, and `deadline` is running.
     waiting: bool,
@@ -199,23 +199,32 @@ impl Writer {
         Poll::Pending
     }
 
-    /// A write is waiting: whether it has waited longer than the write timeout. The
-    /// deadline starts with the first write that waits and ends when all is written.
+    /// A write is waiting: whether the socket has taken nothing for longer than the write
+    /// timeout. A client that reads slowly is not timed out; one that reads nothing is.
     fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timeout) = self.write_timeout else {
+        let (Some(timeout), Some(since)) = (self.write_timeout, self.out.stalled_since()) else {
             return false;
         };
+        let due = since + timeout;
         if !self.waiting {
             self.waiting = true;
-            let at = Instant::now() + timeout;
             match &mut self.deadline {
-                Some(alarm) => alarm.set(at),
-                None => self.deadline = Some(Alarm::new(at)),
+                Some(alarm) => alarm.set(due),
+                None => self.deadline = Some(Alarm::new(due)),
             }
         }
-        self.deadline
-            .as_mut()
-            .is_some_and(|alarm| alarm.poll_rung(cx))
+        let Some(alarm) = &mut self.deadline else {
+            return false;
+        };
+        // The alarm is not moved each time the socket takes bytes: it rings, finds the
+        // deadline moved, and is set again.
+        while alarm.poll_rung(cx) {
+            if Instant::now() >= due {
+                return true;
+            }
+            alarm.set(due);
+        }
+        false
     }
 
     /// Puts the body's ready frames into `out`; true when it stopped before the body said

@@ -4,12 +4,16 @@
 //! Everything the server sends goes through one outgoing buffer, in order. Event frames
 //! are encoded straight into it; the WebSocket library, which reads and checks the
 //! client's frames, writes its automatic replies (pong, the close reply) into it as well.
-//! Whatever a wake-up gathered leaves in one write, and one timer serves both the
-//! heartbeat and the write deadline, so a delivery costs a hub read, a copy into the
-//! buffer and a write.
+//! Whatever a wake-up gathered leaves in one write, and one timer serves the pings, the
+//! silence deadline and the write deadline, so a delivery costs a hub read, a copy into
+//! the buffer and a write.
+//!
+//! A client that is behind on its events is still read, so that its pongs keep it alive;
+//! a write times out only when the socket has taken nothing for the write timeout.
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -104,9 +108,8 @@ struct Session<'a, S> {
     extensions: &'a Extensions,
     next_ping: Instant,
     last_heard: Instant,
-    /// When the bytes waiting in `out` must have been written by.
-    write_deadline: Option<Instant>,
-    /// Rings for the next ping and for the write deadline, whichever comes first.
+    /// Rings for the next ping, the silence deadline or the write deadline, whichever
+    /// comes first.
     alarm: Alarm,
 }
 
@@ -146,7 +149,6 @@ where
             extensions,
             next_ping: now + config.ping_interval,
             last_heard: now,
-            write_deadline: None,
             alarm: Alarm::new(now + config.ping_interval),
         }
     }
@@ -165,7 +167,7 @@ where
                 self.alarm.set(self.next_deadline());
             }
             let mut more = false;
-            if self.has_room() {
+            if self.out.has_room_for_replies() {
                 match self.read_messages(cx) {
                     Ok(unread) => more |= unread,
                     Err(end) => return Poll::Ready(end),
@@ -179,18 +181,19 @@ where
             }
             more |= self.take_direct(cx);
             match self.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.write_deadline = None,
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
-                Poll::Pending if self.write_deadline.is_none() => {
-                    let deadline = Instant::now() + self.config.write_timeout;
-                    self.write_deadline = Some(deadline);
-                    if deadline < self.alarm.deadline() {
+                Poll::Pending => {
+                    // A deadline that moved later, as the socket took bytes, needs no new
+                    // timer: the alarm rings early, finds it not due, and is set again.
+                    if let Some(deadline) = self.write_deadline()
+                        && deadline < self.alarm.deadline()
+                    {
                         self.alarm.set(deadline);
                         // Polled on the next round, which registers it.
                         more = true;
                     }
                 }
-                Poll::Pending => {}
             }
             if !more {
                 return Poll::Pending;
@@ -200,33 +203,50 @@ where
         Poll::Pending
     }
 
-    /// The alarm rang: a ping is due, the client has been silent too long, or a write
-    /// has taken too long.
+    /// The alarm rang: a ping is due, the client has been silent too long, or the socket
+    /// has taken nothing for too long.
     fn on_alarm(&mut self) -> Option<End> {
         let now = Instant::now();
-        if self.write_deadline.is_some_and(|deadline| now >= deadline) {
+        if self
+            .write_deadline()
+            .is_some_and(|deadline| now >= deadline)
+        {
             return Some(End::Close(CloseCode::Again, "write timed out"));
         }
+        if now >= self.silence_deadline() {
+            return Some(End::Close(CloseCode::Away, "ping timeout"));
+        }
         if now >= self.next_ping {
-            // Checked at each ping, so that a connection needs one timer, not two.
-            let allowed_silence = self.config.ping_interval + self.config.ping_timeout;
-            if now.duration_since(self.last_heard) >= allowed_silence {
-                return Some(End::Close(CloseCode::Away, "ping timeout"));
-            }
             frame::put(self.out.bytes(), Opcode::Ping, &[]);
             self.next_ping = now + self.config.ping_interval;
         }
         None
     }
 
+    /// When the alarm must ring next.
     fn next_deadline(&self) -> Instant {
-        self.write_deadline
-            .map_or(self.next_ping, |deadline| deadline.min(self.next_ping))
+        let heartbeat = self.next_ping.min(self.silence_deadline());
+        self.write_deadline()
+            .map_or(heartbeat, |deadline| deadline.min(heartbeat))
     }
 
-    /// Whether the client has read enough that more may be queued for it: past that, the
-    /// connection takes no more events and reads no more messages, and the hub's ring
-    /// holds what follows.
+    /// When a client that has not been heard from since `last_heard` is given up. The
+    /// alarm is not moved each time the client is heard: it rings, finds the deadline
+    /// moved, and is set again.
+    fn silence_deadline(&self) -> Instant {
+        self.last_heard + self.config.ping_interval + self.config.ping_timeout
+    }
+
+    /// When the bytes waiting for the client are overdue: the write timeout after the
+    /// socket last took any.
+    fn write_deadline(&self) -> Option<Instant> {
+        self.out
+            .stalled_since()
+            .map(|since| since + self.config.write_timeout)
+    }
+
+    /// Whether the client has read enough that more events may be queued for it: past
+    /// that, the connection takes no more, and the hub's ring holds what follows.
     fn has_room(&self) -> bool {
         self.out.has_room()
     }
@@ -240,7 +260,7 @@ where
         let read_waker = self.readable.waker().clone();
         let mut read_cx = Context::from_waker(&read_waker);
         for _ in 0..READS {
-            if !self.has_room() {
+            if !self.out.has_room_for_replies() {
                 break;
             }
             let mut stream = Stream {
@@ -269,8 +289,8 @@ where
             };
             self.last_heard = Instant::now();
             match message {
-                Message::Text(text) => self.deliver(Bytes::from(text), true),
-                Message::Binary(data) => self.deliver(data, false),
+                Message::Text(text) => self.deliver(Bytes::from(text), true)?,
+                Message::Binary(data) => self.deliver(data, false)?,
                 // The library has queued the pong; move it to `out` now.
                 Message::Ping(_) => {
                     let _ = self.protocol.flush(&mut stream);
@@ -288,24 +308,30 @@ where
     }
 
     /// Hands a message to the `on_message` handler and queues its replies at once, so a
-    /// client that sends faster than it reads cannot fill the direct queue.
-    fn deliver(&mut self, data: Bytes, text: bool) {
+    /// client that sends faster than it reads cannot fill the direct queue. A handler
+    /// that panics ends its connection (1011), and only its connection.
+    fn deliver(&mut self, data: Bytes, text: bool) -> Result<(), End> {
         let (Some(handler), Some((connection, queue))) =
             (&self.config.on_message, &mut self.direct)
         else {
-            return;
+            return Ok(());
         };
-        handler(Inbound {
+        let inbound = Inbound {
             data,
             text,
             topic: self.subscription.topic(),
             extensions: self.extensions,
             hub: &self.config.hub,
             connection,
-        });
+        };
+        if catch_unwind(AssertUnwindSafe(|| handler(inbound))).is_err() {
+            tracing::error!("the on_message handler panicked; closing its connection");
+            return Err(End::Close(CloseCode::Error, "internal error"));
+        }
         while let Ok(reply) = queue.try_recv() {
             put_direct(self.out.bytes(), &reply);
         }
+        Ok(())
     }
 
     /// Encodes events from the subscription into `out`; true unless the subscription is
@@ -360,6 +386,9 @@ where
 
     /// Closes the connection as `end` says, sending what is due within the write timeout.
     async fn finish(&mut self, end: End) {
+        // Nothing more is read from the hub: the topic is let go at once, not once the
+        // last bytes have gone to a client that may not read them.
+        self.subscription.detach();
         match end {
             End::Close(code, reason) => {
                 frame::put_close(self.out.bytes(), code.into(), reason);

@@ -43,6 +43,19 @@ impl<B> Service<Request<B>> for Inner {
     }
 }
 
+/// A listener on 127.0.0.1 whose accepted sockets have a send buffer of `bytes` (the
+/// kernel doubles it), where Linux would otherwise grow it to megabytes on loopback.
+/// The kernel lets a blocked writer go on once a third of the buffer has drained, so a
+/// small one shows a slow reader's progress as the reader makes it.
+pub fn listener_with_send_buffer(bytes: u32) -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_send_buffer_size(bytes)
+        .expect("send buffer size");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    socket.listen(1024).expect("listen")
+}
+
 /// Serves `service` with hyper-util's auto builder, upgrades enabled; returns the address.
 pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
 where
@@ -54,6 +67,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    serve_hyper_on(listener, service)
+}
+
+/// Serves `service` on `listener` as [`serve_hyper`] does.
+pub fn serve_hyper_on<S, B>(listener: TcpListener, service: S) -> SocketAddr
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -79,6 +105,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    serve_fanout_on(listener, service)
+}
+
+/// Serves `service` on `listener` as [`serve_fanout`] does.
+pub fn serve_fanout_on<S, B>(listener: TcpListener, service: S) -> SocketAddr
+where
+    S: Service<Request<tower_fanout::serve::Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listener.local_addr().expect("address");
     tokio::spawn(std::future::IntoFuture::into_future(tower_fanout::serve(
         listener, service,
