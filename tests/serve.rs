@@ -295,3 +295,31 @@ async fn a_failing_service_gets_the_client_a_500() {
     .await;
     assert_eq!(status, 500, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_events_reaches_fast_readers_whole() {
+    const EVENTS: usize = 200;
+    // Timers far beyond the test's wait: a connection that stopped writing while it still
+    // had events would stay stopped.
+    let hub = Hub::builder().buffer(2 * EVENTS).build();
+    let layer = StreamLayer::new(hub.clone())
+        .write_timeout(Duration::from_secs(120))
+        .ping_interval(Duration::from_secs(120));
+    let addr = serve_fanout(layer.layer(Inner)).await;
+    let mut socket = common::ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    let mut sse = SseClient::connect(addr, "/?topic=t").await;
+    wait_until("subscribed", || hub.stats().subscribers == 2).await;
+
+    let filler = "x".repeat(16 * 1024);
+    for i in 0..EVENTS {
+        hub.broadcast("t", format!("{i:04}{filler}"));
+    }
+    for i in 0..EVENTS {
+        let prefix = format!("{i:04}");
+        assert!(
+            common::next_text(&mut socket).await.starts_with(&prefix),
+            "{i}"
+        );
+        assert!(sse.next_event().await.data.starts_with(&prefix), "{i}");
+    }
+}

@@ -167,6 +167,9 @@ where
                 self.alarm.set(self.next_deadline());
             }
             let mut more = false;
+            // What is left for lack of room must be taken once the write makes room,
+            // without waiting for a wake-up that no source owes the task.
+            let starved = !self.has_room();
             if self.out.has_room_for_replies() {
                 match self.read_messages(cx) {
                     Ok(unread) => more |= unread,
@@ -181,7 +184,7 @@ where
             }
             more |= self.take_direct(cx);
             match self.poll_flush(cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => more |= starved,
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                 Poll::Pending => {
                     // A deadline that moved later, as the socket took bytes, needs no new
