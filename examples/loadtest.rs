@@ -26,6 +26,10 @@
 //! - `steady`: 100 broadcasts per second for 10 s to `clients` clients. Reports latency
 //!   p50/p99/max and the spread between the first and the last subscriber of each event.
 //! - `idle`: `idle` idle connections; reports the server's RSS growth per connection.
+//! - `stall`: `clients` clients that never read; the server publishes `broadcasts` events
+//!   of `size` bytes. Reports the server's RSS before and after, once it has settled:
+//!   what connections whose clients have stopped reading cost it. Not in the default
+//!   phases; try `phases=stall clients=1000 broadcasts=200 size=262144`.
 //!
 //! Every loop is bounded in count and time; the server process is killed at the end. The
 //! tool exits with an error when a delivery is missing: the servers keep 4 096 events
@@ -127,6 +131,7 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     "burst" => burst(&server, transport, &options).await?,
                     "steady" => steady(&server, transport, &options).await?,
                     "idle" => idle(&server, transport, &options).await?,
+                    "stall" => stall(&server, transport, &options).await?,
                     other => return Err(format!("unknown phase {other}").into()),
                 };
                 println!("{phase:6} {transport:3} {kind:8} {line}");
@@ -344,16 +349,14 @@ async fn clients(
             // A read holds at most one delivery per 64 bytes or so.
             (buffer, warm(READ, 0), warm(READ / 64, Arrival::default()))
         };
+        let mut stream = TcpStream::connect(server.addr).await?;
+        stream
+            .write_all(stream_request(transport).as_bytes())
+            .await?;
         let task = match transport {
             "ws" => {
                 // A minimal reader of server frames (unmasked, RFC 6455 section 5.2), so
                 // that the clients, which share the machine with the server, cost little.
-                let mut stream = TcpStream::connect(server.addr).await?;
-                let request = format!(
-                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-                );
-                stream.write_all(request.as_bytes()).await?;
                 tokio::spawn(async move {
                     let mut upgraded = false;
                     while let Ok(n) = stream.read(&mut buffer).await {
@@ -383,11 +386,6 @@ async fn clients(
                 })
             }
             _ => {
-                let mut stream = TcpStream::connect(server.addr).await?;
-                let request = format!(
-                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-                );
-                stream.write_all(request.as_bytes()).await?;
                 tokio::spawn(async move {
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
@@ -426,6 +424,19 @@ async fn clients(
     }
     server.wait_subscribers(count).await?;
     Ok(tasks)
+}
+
+/// The request that opens a stream of `transport` ("ws" or "sse") on the load topic.
+fn stream_request(transport: &str) -> String {
+    match transport {
+        "ws" => format!(
+            "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ),
+        _ => {
+            format!("GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        }
+    }
 }
 
 /// The first complete frame in `data`: its opcode, payload and length on the wire.
@@ -591,6 +602,49 @@ async fn idle(
         options.idle,
         before,
         after
+    );
+    Ok((line, 0))
+}
+
+async fn stall(
+    server: &Server,
+    transport: &str,
+    options: &Options,
+) -> Result<(String, u64), Box<dyn std::error::Error>> {
+    // Clients that open their stream and never read from it again.
+    let mut stalled = Vec::with_capacity(options.clients);
+    for _ in 0..options.clients {
+        let mut stream = TcpStream::connect(server.addr).await?;
+        stream
+            .write_all(stream_request(transport).as_bytes())
+            .await?;
+        stalled.push(stream);
+    }
+    server.wait_subscribers(options.clients).await?;
+    let before = server.rss_kib();
+    server
+        .control(&format!(
+            "/burst?count={}&size={}",
+            options.broadcasts, options.size
+        ))
+        .await?;
+    // The connections take their events after the broadcasts return: wait until the
+    // server's memory has stopped growing for a second.
+    let deadline = Instant::now() + PHASE_LIMIT;
+    let (mut after, mut steady_for) = (server.rss_kib(), 0);
+    while steady_for < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = server.rss_kib();
+        steady_for = if now > after { 0 } else { steady_for + 1 };
+        after = after.max(now);
+    }
+    drop(stalled);
+    let events = (options.broadcasts * options.size / 1024) as u64;
+    let line = format!(
+        "server RSS {before} -> {after} KiB with {} stalled clients ({:.1} KiB each beyond the \
+         {events} KiB of events broadcast)",
+        options.clients,
+        after.saturating_sub(before).saturating_sub(events) as f64 / options.clients.max(1) as f64,
     );
     Ok((line, 0))
 }

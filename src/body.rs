@@ -30,6 +30,9 @@ pin_project! {
 }
 
 /// A body the layer prepared before knowing the inner service's body type.
+// It lives only until the response is built, where the body moves inline into the
+// response body: boxing the stream would cost an allocation and a pointer per stream.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Prepared {
     Sse(SseBody),
     Full(Option<Bytes>),

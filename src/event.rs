@@ -147,7 +147,12 @@ impl Event {
     /// Encoded on the first call and shared afterwards: every SSE subscriber of a
     /// broadcast gets a cheap clone of the same bytes.
     pub fn to_sse(&self) -> Bytes {
-        self.sse.get_or_init(|| encode::encode(self)).clone()
+        self.sse_bytes().clone()
+    }
+
+    /// The Server-Sent-Events wire form, borrowed: encoded on first use.
+    pub(crate) fn sse_bytes(&self) -> &Bytes {
+        self.sse.get_or_init(|| encode::encode(self))
     }
 }
 

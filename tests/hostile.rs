@@ -571,3 +571,45 @@ async fn pongs_are_heard_while_the_outgoing_buffer_is_full() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_hold_large_events_by_reference() {
+    const CLIENTS: usize = 200;
+    const EVENTS: usize = 20;
+    const SIZE: usize = 256 * 1024;
+    let wanted = 2 * CLIENTS as u64 + 256;
+    assert!(
+        process::raise_fd_limit(wanted) >= wanted,
+        "open-file limit too low"
+    );
+    let hub = Hub::new();
+    let addr = serve(StreamLayer::new(hub.clone()).write_timeout(Duration::from_secs(60))).await;
+    let mut stalled = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        stalled.push(raw_upgraded(addr).await);
+    }
+    wait_until("all subscribed", || hub.stats().subscribers == CLIENTS).await;
+    let before = process::rss_kib("self");
+
+    // The hub's ring holds the events for them: 5 MiB, once. Each connection takes what
+    // its socket buffers hold and one frame more; copied, that frame alone would be
+    // 256 KiB per client, 50 MiB in all.
+    for i in 0..EVENTS {
+        hub.broadcast("t", vec![b'a' + i as u8; SIZE]);
+    }
+    let mut probe = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    hub.broadcast("t", "after");
+    assert_eq!(
+        next_text(&mut probe).await,
+        "after",
+        "the server went on serving"
+    );
+    let grown = process::rss_kib("self").saturating_sub(before);
+    println!("RSS grew {grown} KiB with {CLIENTS} stalled clients of {EVENTS} events of {SIZE} B");
+    let ring = (EVENTS * SIZE / 1024) as u64;
+    assert!(
+        grown < ring + 20 * 1024,
+        "RSS grew {grown} KiB, the ring is {ring} KiB: the connections hold copies"
+    );
+    drop(stalled);
+}

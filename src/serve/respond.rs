@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, BufMut};
+use bytes::Buf;
 use http::response::Parts;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
@@ -258,17 +258,18 @@ impl Writer {
         Ok(true)
     }
 
+    /// Appends a frame of the body, large ones by reference.
     fn put(&mut self, data: impl Buf) {
-        let out = self.out.bytes();
         match self.framing {
             // An empty chunk would end the body.
             Framing::Chunked if data.has_remaining() => {
+                let out = self.out.bytes();
                 put_hex(out, data.remaining());
                 out.extend_from_slice(b"\r\n");
-                out.put(data);
-                out.extend_from_slice(b"\r\n");
+                self.out.put_buf(data);
+                self.out.bytes().extend_from_slice(b"\r\n");
             }
-            Framing::Length(_) => out.put(data),
+            Framing::Length(_) => self.out.put_buf(data),
             Framing::Chunked | Framing::Empty => {}
         }
     }

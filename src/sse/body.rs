@@ -16,6 +16,7 @@ use http_body::{Body, Frame};
 use tokio::time::Instant;
 
 use crate::layer::Config;
+use crate::outgoing::SHARE_FROM;
 use crate::wake::{Alarm, Signal};
 use crate::{Event, RecvError, Resume, Subscription};
 
@@ -42,8 +43,9 @@ pub(crate) struct SseBody {
     /// Raised when the subscription may have events.
     events: Signal,
     span: tracing::Span,
-    /// Events taken from the subscription for the frame being made.
+    /// Events taken from the subscription and not yet sent: those from `next` on.
     batch: Vec<Arc<Event>>,
+    next: usize,
 }
 
 impl SseBody {
@@ -72,6 +74,7 @@ impl SseBody {
             events: Signal::new(),
             span,
             batch: Vec::new(),
+            next: 0,
         }
     }
 
@@ -109,6 +112,10 @@ impl Body for SseBody {
         if let Some(opening) = this.opening.take() {
             return this.sent(opening);
         }
+        if this.next < this.batch.len() {
+            let data = this.next_frame();
+            return this.sent(data);
+        }
         if this.events.take(cx.waker()) {
             let mut events_cx = Context::from_waker(this.events.waker());
             match this
@@ -119,8 +126,7 @@ impl Body for SseBody {
                     if !caught_up {
                         this.events.raise();
                     }
-                    let data = gather(&this.batch);
-                    this.batch.clear();
+                    let data = this.next_frame();
                     return this.sent(data);
                 }
                 Poll::Ready(Err(RecvError::Lagged(missed))) => {
@@ -145,18 +151,35 @@ impl Body for SseBody {
     }
 }
 
-/// A lone event goes out as its shared encoding, without a copy; a burst is gathered into
-/// one frame, one chunk for hyper to write.
-fn gather(events: &[Arc<Event>]) -> Bytes {
-    if let [event] = events {
-        return event.to_sse();
+impl SseBody {
+    /// The next frame of the batch. An event alone, or a large one, goes out as its
+    /// shared encoding, without a copy; a run of small events is gathered into one
+    /// frame, one chunk for the server to write.
+    fn next_frame(&mut self) -> Bytes {
+        let pending = &self.batch[self.next..];
+        let small = pending
+            .iter()
+            .take_while(|event| event.sse_bytes().len() < SHARE_FROM)
+            .count();
+        let data = if small <= 1 {
+            self.next += 1;
+            pending[0].to_sse()
+        } else {
+            let run = &pending[..small];
+            let len = run.iter().map(|event| event.sse_bytes().len()).sum();
+            let mut data = BytesMut::with_capacity(len);
+            for event in run {
+                data.extend_from_slice(event.sse_bytes());
+            }
+            self.next += small;
+            data.freeze()
+        };
+        if self.next == self.batch.len() {
+            self.batch.clear();
+            self.next = 0;
+        }
+        data
     }
-    let encoded: Vec<Bytes> = events.iter().map(|event| event.to_sse()).collect();
-    let mut data = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
-    encoded
-        .iter()
-        .for_each(|bytes| data.extend_from_slice(bytes));
-    data.freeze()
 }
 
 impl Drop for SseBody {

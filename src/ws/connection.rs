@@ -332,7 +332,7 @@ where
             return Err(End::Close(CloseCode::Error, "internal error"));
         }
         while let Ok(reply) = queue.try_recv() {
-            put_direct(self.out.bytes(), &reply);
+            put_direct(&mut self.out, &reply);
         }
         Ok(())
     }
@@ -357,7 +357,7 @@ where
             }
         }
         while self.next < self.batch.len() && self.has_room() {
-            frame::put_event(self.out.bytes(), &self.batch[self.next], self.config);
+            frame::put_event(&mut self.out, &self.batch[self.next], self.config);
             self.next += 1;
         }
         Ok(self.next < self.batch.len() || !caught_up)
@@ -372,7 +372,7 @@ where
             };
             match queue.poll_recv(cx) {
                 Poll::Ready(Some(direct)) => {
-                    put_direct(self.out.bytes(), &direct);
+                    put_direct(&mut self.out, &direct);
                     taken = true;
                 }
                 // The session holds a sender itself: the queue never ends while it runs.
@@ -428,13 +428,13 @@ where
     }
 }
 
-fn put_direct(out: &mut Vec<u8>, direct: &Direct) {
+fn put_direct(out: &mut Outgoing, direct: &Direct) {
     let opcode = if direct.text {
         Opcode::Text
     } else {
         Opcode::Binary
     };
-    frame::put(out, opcode, &[&direct.data]);
+    frame::put_shared(out, opcode, &[], &direct.data);
 }
 
 /// How the connection closes when its subscription ended for `reason`.

@@ -1,11 +1,15 @@
 //! Frames the server sends, written straight into a connection's outgoing buffer.
 //!
 //! A server's frames are never masked (RFC 6455, section 5.1), so a frame is a header
-//! and the payload as it is: the event's bytes are copied once, into the buffer that goes
-//! to the socket, with no intermediate message.
+//! and the payload as it is: a small payload is copied once, into the buffer that goes
+//! to the socket, and a large one is not copied at all but written from the `Bytes` that
+//! every subscriber of the event shares.
+
+use bytes::Bytes;
 
 use crate::Event;
 use crate::layer::Config;
+use crate::outgoing::Outgoing;
 
 /// Frame opcodes (RFC 6455, section 5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,10 +20,29 @@ pub(super) enum Opcode {
     Ping = 0x9,
 }
 
-/// Appends one final, unmasked frame whose payload is `parts`, one after another.
+/// Appends one final, unmasked frame whose payload is `parts`, one after another, copied.
 pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, parts: &[&[u8]]) {
     let len = parts.iter().map(|part| part.len()).sum();
     out.reserve(10 + len);
+    put_header(out, opcode, len);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Appends one final, unmasked frame whose payload is `prefix` (copied) then `payload`.
+pub(super) fn put_shared(out: &mut Outgoing, opcode: Opcode, prefix: &[&[u8]], payload: &Bytes) {
+    let prefix_len: usize = prefix.iter().map(|part| part.len()).sum();
+    let bytes = out.bytes();
+    put_header(bytes, opcode, prefix_len + payload.len());
+    for part in prefix {
+        bytes.extend_from_slice(part);
+    }
+    out.put(payload);
+}
+
+/// The first bytes of a final, unmasked frame of `len` payload bytes.
+fn put_header(out: &mut Vec<u8>, opcode: Opcode, len: usize) {
     out.push(0x80 | opcode as u8);
     match len {
         0..=125 => out.push(len as u8),
@@ -32,15 +55,12 @@ pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, parts: &[&[u8]]) {
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
-    for part in parts {
-        out.extend_from_slice(part);
-    }
 }
 
 /// Appends the frame that carries `event` on a connection configured by `config`: its
 /// data, after its id and a newline with `websocket_ids`; text unless binary writes are
 /// on or the data is not UTF-8.
-pub(super) fn put_event(out: &mut Vec<u8>, event: &Event, config: &Config) {
+pub(super) fn put_event(out: &mut Outgoing, event: &Event, config: &Config) {
     let opcode = if !config.binary && event.is_utf8() {
         Opcode::Text
     } else {
@@ -49,9 +69,9 @@ pub(super) fn put_event(out: &mut Vec<u8>, event: &Event, config: &Config) {
     if config.websocket_ids {
         let id = event.event_id().unwrap_or_default();
         // The id is UTF-8 and so is the newline: the payload is text when the data is.
-        put(out, opcode, &[id.as_bytes(), b"\n", event.data()]);
+        put_shared(out, opcode, &[id.as_bytes(), b"\n"], event.data());
     } else {
-        put(out, opcode, &[event.data()]);
+        put_shared(out, opcode, &[], event.data());
     }
 }
 
