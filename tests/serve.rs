@@ -323,3 +323,58 @@ async fn a_burst_of_large_events_reaches_fast_readers_whole() {
         assert!(sse.next_event().await.data.starts_with(&prefix), "{i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_keep_their_streams_with_the_kernels_own_buffers() {
+    // On loopback Linux grows a send buffer to megabytes and, by default, reports the
+    // socket writable again only once a third of it has drained: half a minute for a
+    // reader of 45 KiB/s. serve limits what the kernel holds unsent, so the reader is
+    // seen to make progress as it reads.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .write_timeout(WRITE_TIMEOUT)
+        .ping_interval(Duration::from_secs(3600));
+    let addr = serve_fanout(layer.layer(Inner)).await;
+    let heads = [
+        "GET /?topic=t HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        "GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    ];
+    let mut readers = Vec::new();
+    for head in heads {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        readers.push(stream);
+    }
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+
+    // About 1.3 MB/s, 30 times what each reader takes, for as long as they read. Without
+    // the limit, the first write that waits for good comes some 3 s in, once the send
+    // buffer has grown, and the connection is closed 5 s later.
+    let publisher = {
+        let hub = hub.clone();
+        let payload = bytes::Bytes::from(vec![b'x'; 13_000]);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            for _ in 0..1300 {
+                ticks.tick().await;
+                hub.broadcast("t", payload.clone());
+            }
+        })
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    let mut buf = [0; 1152];
+    while tokio::time::Instant::now() < until {
+        for reader in &mut readers {
+            let n = timeout(WAIT, reader.read(&mut buf))
+                .await
+                .expect("data in time")
+                .expect("read");
+            assert!(n > 0, "closed");
+        }
+        assert_eq!(hub.stats().subscribers, 2, "a slow reader was timed out");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    publisher.abort();
+}

@@ -12,8 +12,10 @@
 //! handshakes included, is handed to hyper with the bytes already read, and served as
 //! `hyper-util`'s `serve_connection_with_upgrades` would serve it.
 //!
-//! `TCP_NODELAY` is set on every accepted socket, so small frames leave at once, and the
-//! client's address is in each request's extensions as a
+//! `TCP_NODELAY` is set on every accepted socket, so small frames leave at once, and on
+//! Linux `TCP_NOTSENT_LOWAT` (64 KiB), so that the kernel does not take megabytes of a
+//! slow client's bytes and the write timeout sees such a client's progress as it reads.
+//! The client's address is in each request's extensions as a
 //! [`SocketAddr`], where the layer's logs find it. [`Serve::with_graceful_shutdown`]
 //! stops the server and waits for its connections, which closing the hub ends.
 //!
@@ -154,6 +156,7 @@ where
                     () = &mut signal => break,
                 };
                 let _ = stream.set_nodelay(true);
+                limit_unsent(&stream);
                 let connection = Connection {
                     stream,
                     peer,
@@ -168,6 +171,24 @@ where
             shutdown.closed().await;
         })
     }
+}
+
+/// Unsent bytes the kernel takes per connection before a write waits; see
+/// [`limit_unsent`].
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNSENT_LIMIT: u32 = 64 * 1024;
+
+/// Keeps the bytes the kernel holds unsent for a connection under [`UNSENT_LIMIT`]
+/// (`TCP_NOTSENT_LOWAT`), where Linux would otherwise take megabytes of them and report
+/// the socket writable again only once a third of that has drained. So a client that
+/// reads slowly is seen to make progress as it reads, and is not closed by the write
+/// timeout; what it has not taken waits in the connection's own bounded buffer or in the
+/// hub's ring, where the lag policy sees it.
+fn limit_unsent(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LIMIT);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
 }
 
 /// The next connection; accept errors are logged and waited out.
