@@ -169,3 +169,149 @@ async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
         "the listener is closed"
     );
 }
+
+/// Opens an event stream that `tower_fanout::serve` leaves to hyper, in one of the ways
+/// a request reaches it, and reads the response's head; the client reads nothing more.
+async fn stream_through_hyper(addr: SocketAddr, how: &str) -> TcpStream {
+    let stream_request = "GET /events?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n";
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    match how {
+        // A second request on a keep-alive connection.
+        "keep-alive" => {
+            stream
+                .write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let head = read_head(&mut stream).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let mut body = [0; "inner /plain".len()];
+            stream.read_exact(&mut body).await.expect("body");
+            stream
+                .write_all(format!("{stream_request}\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        // A head followed by a stray line break.
+        "stray-crlf" => stream
+            .write_all(format!("{stream_request}\r\n\r\n").as_bytes())
+            .await
+            .expect("write"),
+        // A head over 16 KiB.
+        _ => {
+            let padding = "p".repeat(17 * 1024);
+            stream
+                .write_all(format!("{stream_request}X-Padding: {padding}\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    let head = read_head(&mut stream).await;
+    assert!(head.contains("text/event-stream"), "{how}: {head}");
+    stream
+}
+
+/// Reads a response head byte by byte, so that nothing after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        timeout(WAIT, stream.read_exact(&mut byte))
+            .await
+            .expect("head in time")
+            .expect("read");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_that_fanout_serve_leaves_to_hyper_have_the_write_timeout() {
+    let hub = Hub::new();
+    let service = StreamLayer::new(hub.clone())
+        .path("/events")
+        .write_timeout(std::time::Duration::from_millis(300))
+        .layer(Inner);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (trigger, signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tower_fanout::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = signal.await;
+            })
+            .into_future(),
+    );
+
+    let mut silent = Vec::new();
+    for how in ["keep-alive", "stray-crlf", "large-head"] {
+        silent.push(stream_through_hyper(addr, how).await);
+    }
+    wait_until("three streams", || hub.stats().subscribers == 3).await;
+    // More than their sockets take: each is closed once its writes have waited for the
+    // write timeout, as a stream answered on the bare socket is.
+    let payload = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+    for _ in 0..400 {
+        hub.broadcast("t", payload.clone());
+    }
+    wait_until("the silent streams are closed", || {
+        hub.stats().subscribers == 0
+    })
+    .await;
+
+    // One more that never reads, its socket full when the hub closes: the last chunk
+    // cannot be written, and graceful shutdown still finishes.
+    let _last = stream_through_hyper(addr, "keep-alive").await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+    for _ in 0..400 {
+        hub.broadcast("t", payload.clone());
+    }
+    hub.close();
+    trigger.send(()).expect("the server listens for the signal");
+    timeout(WAIT, server)
+        .await
+        .expect("graceful shutdown finished")
+        .expect("no panic");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_holds_graceful_shutdown_no_longer_than_the_shutdown_timeout() {
+    let app = axum::Router::new().route(
+        "/upload",
+        axum::routing::post(|body: String| async move { body.len().to_string() }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (trigger, signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tower_fanout::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = signal.await;
+            })
+            .shutdown_timeout(std::time::Duration::from_millis(200))
+            .into_future(),
+    );
+    // Half a body, then nothing: the request stays in progress.
+    let mut upload = TcpStream::connect(addr).await.expect("connect");
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .expect("write");
+    let mut done = TcpStream::connect(addr).await.expect("connect");
+    done.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .expect("write");
+    let head = read_head(&mut done).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    trigger.send(()).expect("the server listens for the signal");
+    timeout(WAIT, server)
+        .await
+        .expect("graceful shutdown finished")
+        .expect("no panic");
+    let mut rest = Vec::new();
+    timeout(WAIT, upload.read_to_end(&mut rest))
+        .await
+        .expect("the stalled upload was closed")
+        .ok();
+}

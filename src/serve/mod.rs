@@ -10,7 +10,9 @@
 //! it) is written to the socket by a small writer that keeps no buffer while the stream
 //! is quiet; the connection closes when the response ends. Everything else, WebSocket
 //! handshakes included, is handed to hyper with the bytes already read, and served as
-//! `hyper-util`'s `serve_connection_with_upgrades` would serve it.
+//! `hyper-util`'s `serve_connection_with_upgrades` would serve it; an event stream that
+//! reaches hyper (a second request on a keep-alive connection, a head over 16 KiB) is
+//! closed by the layer's write timeout too, when its client stops reading.
 //!
 //! `TCP_NODELAY` is set on every accepted socket, so small frames leave at once, and on
 //! Linux `TCP_NOTSENT_LOWAT` (64 KiB), so that the kernel does not take megabytes of a
@@ -42,6 +44,7 @@ mod body;
 mod head;
 mod respond;
 mod rewind;
+mod timed;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -62,11 +65,14 @@ use tower_service::Service;
 pub use self::body::Body;
 use self::head::Head;
 use self::rewind::Rewind;
+use self::timed::TimedWrites;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// How long a new connection has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connections in hyper's hands have after the shutdown signal, by default.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// In a response's extensions: how long the bytes of its body may wait for the client
 /// before the connection is closed. The layer's event streams carry its
@@ -86,6 +92,7 @@ pub fn serve<S>(listener: TcpListener, service: S) -> Serve<S> {
         listener,
         service,
         signal: std::future::pending(),
+        shutdown_timeout: SHUTDOWN_TIMEOUT,
     }
 }
 
@@ -95,17 +102,21 @@ pub struct Serve<S, F = std::future::Pending<()>> {
     listener: TcpListener,
     service: S,
     signal: F,
+    shutdown_timeout: Duration,
 }
 
 impl<S> Serve<S> {
     /// Shuts down gracefully once `signal` completes: stops accepting, lets each request
-    /// in progress finish and closes connections as they go idle, then waits until every
-    /// connection it serves has ended.
+    /// in progress finish (for at most the [shutdown timeout](Self::shutdown_timeout))
+    /// and closes connections as they go idle, then waits until every connection it
+    /// serves has ended.
     ///
     /// Streams end when their [`Hub`](crate::Hub) is closed: call
     /// [`Hub::close`](crate::Hub::close) as the signal fires, or the wait lasts as long
-    /// as the longest stream. Upgraded WebSocket connections are the layer's, not the
-    /// server's; closing the hub ends them with 1001.
+    /// as the longest stream. A stream whose client does not read its last bytes is closed
+    /// by the layer's write timeout, so whatever the clients do, the wait is bounded.
+    /// Upgraded WebSocket connections are the layer's, not the server's; closing the hub
+    /// ends them with 1001.
     pub fn with_graceful_shutdown<F>(self, signal: F) -> Serve<S, F>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -114,7 +125,21 @@ impl<S> Serve<S> {
             listener: self.listener,
             service: self.service,
             signal,
+            shutdown_timeout: self.shutdown_timeout,
         }
+    }
+}
+
+impl<S, F> Serve<S, F> {
+    /// How long, after the shutdown signal, a connection served by hyper may take to
+    /// finish what it is doing before it is closed: a client that sends its request body
+    /// slowly, or not at all, cannot hold the shutdown longer. Default: 30 s.
+    ///
+    /// Event streams are not cut by it: they end when their hub is closed, and a client
+    /// that does not read their last bytes is closed by the layer's write timeout.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
     }
 }
 
@@ -145,6 +170,7 @@ where
                 listener,
                 service,
                 signal,
+                shutdown_timeout,
             } = self;
             // Every connection holds a receiver: it hears the shutdown through it, and the
             // sender knows the connection has ended when it is dropped.
@@ -162,6 +188,7 @@ where
                     peer,
                     service: service.clone(),
                     shutdown: open.clone(),
+                    shutdown_timeout,
                 };
                 tokio::spawn(connection.serve());
             }
@@ -223,6 +250,8 @@ struct Connection<S> {
     service: S,
     /// Changes when the server shuts down; dropped when the connection ends.
     shutdown: watch::Receiver<()>,
+    /// How long hyper may go on after the shutdown signal.
+    shutdown_timeout: Duration,
 }
 
 impl<S, B> Connection<S>
@@ -258,20 +287,31 @@ where
         }
     }
 
-    /// Serves the connection with hyper, which reads `read` first.
+    /// Serves the connection with hyper, which reads `read` first. A response that
+    /// carries a [`WriteTimeout`] sets it for the connection's writes.
     async fn serve_with_hyper(self, read: Bytes) {
         let Self {
             stream,
             peer,
             service,
             mut shutdown,
+            shutdown_timeout,
         } = self;
+        let (io, write_timeout) = TimedWrites::new(Rewind::new(read, stream));
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(Body::incoming);
             request.extensions_mut().insert(peer);
-            call(service.clone(), request)
+            let response = call(service.clone(), request);
+            let write_timeout = write_timeout.clone();
+            async move {
+                let response = response.await?;
+                if let Some(&WriteTimeout(timeout)) = response.extensions().get() {
+                    write_timeout.set(timeout);
+                }
+                Ok::<_, S::Error>(response)
+            }
         });
-        let io = TokioIo::new(Rewind::new(read, stream));
+        let io = TokioIo::new(io);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(io, service)
@@ -281,7 +321,10 @@ where
             served = connection.as_mut() => served,
             () = shut_down(&mut shutdown) => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                match tokio::time::timeout(shutdown_timeout, connection).await {
+                    Ok(served) => served,
+                    Err(_) => return tracing::debug!(%peer, "closed at the shutdown timeout"),
+                }
             }
         };
         if let Err(error) = served {
