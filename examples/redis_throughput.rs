@@ -9,6 +9,8 @@
 //! Node A broadcasts `EVENTS` events of 64 bytes in bursts of 1 000; node B's subscriber
 //! receives them through Redis. Each burst must arrive before the next goes out, so the
 //! figure is delivered events per second, with nothing lost or queued without bound.
+//! Then both nodes do so at once, each to a subscriber on the other, so that each
+//! publishes and receives at full rate.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,12 +21,42 @@ use tower_fanout::backplane::RedisBackplane;
 const EVENTS: usize = 200_000;
 const BURST: usize = 1_000;
 
+/// Broadcasts `EVENTS` events to `topic` on `from` in bursts of `BURST`, each once the
+/// last has reached `to`, a subscription on another node; returns how long it took.
+async fn flow(
+    from: Hub,
+    topic: &str,
+    mut to: tower_fanout::Subscription,
+    payload: bytes::Bytes,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let mut batch = Vec::with_capacity(BURST);
+    let start = Instant::now();
+    for _ in 0..EVENTS / BURST {
+        for _ in 0..BURST {
+            from.broadcast(topic, payload.clone());
+        }
+        let mut received = 0;
+        while received < BURST {
+            let burst =
+                tokio::time::timeout(Duration::from_secs(10), to.recv_many(&mut batch, BURST));
+            received += burst
+                .await
+                .map_err(|_| format!("events stopped arriving on {topic}"))??;
+            batch.clear();
+        }
+    }
+    Ok(start.elapsed())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url =
         std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, e.g. redis://127.0.0.1:6379/")?;
     let (a_plane, b_plane) = (RedisBackplane::new(&url)?, RedisBackplane::new(&url)?);
-    let a = Hub::builder().backplane(a_plane.clone()).build();
+    let a = Hub::builder()
+        .buffer(2 * BURST)
+        .backplane(a_plane.clone())
+        .build();
     let b = Hub::builder()
         .buffer(2 * BURST)
         .backplane(b_plane.clone())
@@ -66,6 +98,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("A: {:?}", a_plane.stats());
     println!("B: {:?}", b_plane.stats());
+
+    // Both ways at once: each node publishes while it receives what the other publishes,
+    // so neither may starve its receiving for its publishing.
+    let (at_a, at_b) = (a.subscribe("to-a"), b.subscribe("to-b"));
+    while a_plane.stats().subscribed_topics < 1 || b_plane.stats().subscribed_topics < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start = Instant::now();
+    let (to_b, to_a) = tokio::join!(
+        flow(a.clone(), "to-b", at_b, payload.clone()),
+        flow(b.clone(), "to-a", at_a, payload.clone()),
+    );
+    let (to_b, to_a) = (to_b?, to_a?);
+    println!(
+        "both ways at once: {EVENTS} events each way, A -> B {:.0} events/s, B -> A {:.0} events/s (together {:.2?})",
+        EVENTS as f64 / to_b.as_secs_f64(),
+        EVENTS as f64 / to_a.as_secs_f64(),
+        start.elapsed(),
+    );
 
     // Latency of one event at a time: node A's own subscriber hears it in the broadcast
     // call; node B hears it after a trip through Redis.

@@ -5,7 +5,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use tower_fanout::backplane::RedisBackplane;
 use tower_fanout::{Event, Hub, StreamLayer};
@@ -80,7 +85,10 @@ struct Node {
 }
 
 async fn node(redis: &Redis) -> Node {
-    let backplane = RedisBackplane::new(&redis.url()).expect("a redis URL");
+    node_on(RedisBackplane::new(&redis.url()).expect("a redis URL")).await
+}
+
+async fn node_on(backplane: RedisBackplane) -> Node {
     let hub = Hub::builder().backplane(backplane.clone()).build();
     let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
     Node {
@@ -241,4 +249,246 @@ async fn a_node_listens_to_many_topics_and_gets_them_back_after_a_restart() {
         .expect("in time")
         .expect("event");
     assert_eq!(&event.data()[..], b"found");
+}
+
+/// Which way a frozen connection of the [`Proxy`] stops forwarding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frozen {
+    /// Nothing reaches Redis, nothing comes back: a flow that a NAT or a load balancer
+    /// dropped without telling either end.
+    Both,
+    /// What the client sends never reaches Redis; what Redis sends still arrives.
+    ToRedis,
+}
+
+/// A TCP proxy in front of a Redis, which can stop forwarding on the connections it has
+/// without closing them; connections made afterwards are forwarded as usual.
+struct Proxy {
+    port: u16,
+    /// Connections numbered below the first are frozen, the second way.
+    frozen: Arc<Mutex<(u64, Option<Frozen>)>>,
+    opened: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(redis: &Redis) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let upstream = redis.port;
+        let frozen = Arc::new(Mutex::new((0, None)));
+        let opened = Arc::new(AtomicU64::new(0));
+        let proxy = Self {
+            port,
+            frozen: Arc::clone(&frozen),
+            opened: Arc::clone(&opened),
+        };
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let number = opened.fetch_add(1, Ordering::SeqCst);
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                let to_redis = Arc::clone(&frozen);
+                tokio::spawn(pump(from_client, to_server, move || {
+                    let (below, way) = *to_redis.lock().expect("not poisoned");
+                    number < below && way.is_some()
+                }));
+                let from_redis = Arc::clone(&frozen);
+                tokio::spawn(pump(from_server, to_client, move || {
+                    let (below, way) = *from_redis.lock().expect("not poisoned");
+                    number < below && way == Some(Frozen::Both)
+                }));
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops forwarding, `way`, on every connection open now.
+    fn freeze(&self, way: Frozen) {
+        *self.frozen.lock().expect("not poisoned") =
+            (self.opened.load(Ordering::SeqCst), Some(way));
+    }
+}
+
+/// Copies `from` to `to` until either closes; once `frozen` says so, forwards nothing
+/// more and holds both open.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: impl Fn() -> bool,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen() {
+            // Silently lost, the connection still open, as a dropped flow is.
+            let _held = (from, to);
+            return std::future::pending().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn recv_data(subscription: &mut tower_fanout::Subscription) -> String {
+    let event = tokio::time::timeout(common::WAIT, subscription.recv())
+        .await
+        .expect("an event in time")
+        .expect("an event");
+    String::from_utf8(event.data().to_vec()).expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_silently_stops_is_found_and_replaced() {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    let a = node(&redis).await;
+    let b = node_on(
+        RedisBackplane::builder(&proxy.url())
+            .ping_interval(Duration::from_millis(200))
+            .timeout(Duration::from_millis(300))
+            .build()
+            .expect("a redis URL"),
+    )
+    .await;
+    let mut subscription = b.hub.subscribe("t");
+    wait_listening(&b, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+    a.hub.broadcast("t", "before");
+    assert_eq!(recv_data(&mut subscription).await, "before");
+
+    // B's connections go silent, open but forwarding nothing either way.
+    proxy.freeze(Frozen::Both);
+    wait_until("B found the silent connections and reconnected", || {
+        let stats = b.backplane.stats();
+        stats.reconnects >= 1 && stats.connected && stats.subscribed_topics == 1
+    })
+    .await;
+    a.hub.broadcast("t", "after");
+    assert_eq!(recv_data(&mut subscription).await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiving_goes_on_while_a_publish_waits_for_redis() {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    // A's checks are far apart: the window below is its publish waiting, not a reconnect.
+    let a = node_on(
+        RedisBackplane::builder(&proxy.url())
+            .ping_interval(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a redis URL"),
+    )
+    .await;
+    let b = node(&redis).await;
+    let mut from_b = a.hub.subscribe("from-b");
+    wait_listening(&a, 1).await;
+    wait_until("B connected", || b.backplane.stats().connected).await;
+
+    // What A sends no longer reaches Redis, so its next publish waits for a reply that
+    // does not come; what Redis sends A still arrives.
+    proxy.freeze(Frozen::ToRedis);
+    a.hub.broadcast("from-a", "stuck");
+    for i in 0..100 {
+        b.hub.broadcast("from-b", i.to_string());
+    }
+    for i in 0..100 {
+        assert_eq!(recv_data(&mut from_b).await, i.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_receive_queue_drops_and_counts_what_does_not_fit() {
+    const EVENTS: u64 = 20_000;
+    const CHUNK: u64 = 1_000;
+    let redis = Redis::start(None);
+    let a = node(&redis).await;
+    let b = node_on(
+        RedisBackplane::builder(&redis.url())
+            .receive_queue(1)
+            .build()
+            .expect("a redis URL"),
+    )
+    .await;
+    let _subscription = b.hub.subscribe("t");
+    wait_listening(&b, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+
+    for chunk in 0..EVENTS / CHUNK {
+        for i in 0..CHUNK {
+            a.hub.broadcast("t", (chunk * CHUNK + i).to_string());
+        }
+        // Within A's publish queue, so that every event reaches Redis.
+        wait_until("A published the chunk", || {
+            a.backplane.stats().published == (chunk + 1) * CHUNK
+        })
+        .await;
+    }
+    wait_until("B accounted for every event", || {
+        let stats = b.backplane.stats();
+        stats.received + stats.dropped == EVENTS
+    })
+    .await;
+    let stats = b.backplane.stats();
+    assert!(
+        stats.dropped > 0,
+        "a queue of one message overflowed: {stats:?}"
+    );
+    assert!(stats.received > 0, "{stats:?}");
+}
+
+/// The clients connected to `redis` besides the one asking.
+async fn clients(redis: &Redis) -> usize {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .expect("client list");
+    list.lines().count() - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_lets_go_of_redis_when_its_hub_is_dropped() {
+    let redis = Redis::start(None);
+    let backplane = RedisBackplane::new(&redis.url()).expect("a redis URL");
+    let hub = Hub::builder().backplane(backplane.clone()).build();
+    let subscription = hub.subscribe("t");
+    wait_until("listening", || {
+        let stats = backplane.stats();
+        stats.connected && stats.subscribed_topics == 1
+    })
+    .await;
+    assert_eq!(
+        clients(&redis).await,
+        2,
+        "a publishing and a subscribing connection"
+    );
+
+    // The handle on the backplane is kept, as one kept for its stats would be.
+    drop((subscription, hub));
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while clients(&redis).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backplane still holds its connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!backplane.stats().connected);
 }

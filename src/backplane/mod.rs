@@ -5,8 +5,9 @@
 //! A hub with a backplane delivers each broadcast to its own subscribers at once and hands
 //! it to the backplane, which publishes it; every other node's backplane receives it and
 //! delivers it to that node's subscribers. A node drops its own messages when they come
-//! back, so each subscriber gets each event exactly once, and local subscribers get it
-//! without the round trip.
+//! back, so no subscriber gets an event twice, and local subscribers get it without the
+//! round trip. Across nodes delivery is at most once: what is published while a node is
+//! cut off from the engine does not reach it.
 //!
 //! A node listens only to the topics it has subscribers for (or keeps history of): the
 //! hub tells the backplane when a topic gains its first subscriber and when it is
@@ -36,8 +37,10 @@ mod wire;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
+use tokio::sync::watch;
+
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisBackplane, RedisStats};
+pub use self::redis::{RedisBackplane, RedisBackplaneBuilder, RedisStats};
 use crate::Event;
 use crate::hub::HubCore;
 
@@ -64,6 +67,8 @@ pub trait Backplane: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Remote {
     pub(crate) hub: Weak<HubCore>,
+    /// Its sender lives in the hub: it closes when the hub is dropped.
+    pub(crate) alive: watch::Receiver<()>,
 }
 
 impl Remote {
@@ -78,6 +83,13 @@ impl Remote {
     /// Whether the hub still exists; a backplane's task can stop when it does not.
     pub fn is_alive(&self) -> bool {
         self.hub.strong_count() > 0
+    }
+
+    /// Completes once the hub has been dropped: a backplane's task waits on it beside its
+    /// work, so that it ends, and lets go of its connections, with the hub.
+    pub async fn closed(&self) {
+        let mut alive = self.alive.clone();
+        while alive.changed().await.is_ok() {}
     }
 }
 

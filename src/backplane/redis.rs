@@ -1,14 +1,28 @@
 //! [`RedisBackplane`]: broadcasts between nodes through Redis pub/sub.
+//!
+//! One task per node keeps two connections: one publishes, the other subscribes and
+//! receives (RESP3, so that the server's pushes reach a bounded queue of ours as they are
+//! read). Publishing, receiving, following the hub's topics and checking the connections
+//! are four loops that run side by side: a publish that waits for its reply never holds
+//! up what arrives, and no call to Redis waits longer than the timeout. A connection
+//! that stops answering (a failover, a NAT or load balancer that dropped the flow without
+//! a reset) is found by a PING that gets no answer in time; both connections are then
+//! replaced.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Value,
+};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -20,10 +34,15 @@ use crate::Event;
 const PUBLISH_QUEUE: usize = 16 * 1024;
 /// Publishes sent to Redis in one pipeline, one round trip.
 const PIPELINE: usize = 256;
+/// Messages from Redis handed to local subscribers at once.
+const RECEIVE_BATCH: usize = 256;
 /// Subscription changes sent to Redis in one command.
 const INTEREST_BATCH: usize = 1_000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(3);
+const RECEIVE_QUEUE: usize = 16 * 1024;
 
 /// Shares a hub's broadcasts with other processes through Redis pub/sub.
 ///
@@ -35,22 +54,44 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A broadcast is delivered to local subscribers at once and published through a queue to
 /// a task that pipelines publishes to Redis; the node ignores its own messages when they
 /// come back. `broadcast` never waits for Redis: while Redis is slow or down, publishes
-/// that do not fit the queue or fail are counted in [`RedisStats::not_delivered`]. The
-/// task reconnects with exponential backoff (50 ms to 5 s), subscribes again to every
-/// topic, and logs the outage and the recovery.
+/// that do not fit the queue or fail are counted in [`RedisStats::not_delivered`].
+/// Messages from other nodes wait in a bounded queue for the hub; what does not fit is
+/// counted in [`RedisStats::dropped`].
+///
+/// Every [ping interval](RedisBackplaneBuilder::ping_interval) (2 s) both connections
+/// are sent a PING, and no call to Redis may take longer than the
+/// [timeout](RedisBackplaneBuilder::timeout) (3 s): a connection that has silently
+/// stopped is found within 5 s, and replaced. The task reconnects with exponential backoff
+/// (50 ms to 5 s), subscribes again to every topic, logs the outage and the recovery, and
+/// ends, closing its connections, when the hub is dropped.
+///
+/// The subscribing connection speaks RESP3, which needs Redis 6 or later.
 ///
 /// Build the hub inside a tokio runtime: the task is spawned on the runtime that calls
-/// [`RedisBackplane::new`].
+/// [`RedisBackplane::new`] (or [`build`](RedisBackplaneBuilder::build)).
 #[derive(Clone)]
 pub struct RedisBackplane {
     shared: Arc<Shared>,
 }
 
+/// Configures a [`RedisBackplane`]; from [`RedisBackplane::builder`].
+#[derive(Clone, Debug)]
+pub struct RedisBackplaneBuilder {
+    url: String,
+    ping_interval: Duration,
+    timeout: Duration,
+    receive_queue: usize,
+}
+
 struct Shared {
-    client: redis::Client,
+    publisher: Client,
+    subscriber: Client,
     runtime: Handle,
     node: u64,
     prefix: String,
+    ping_interval: Duration,
+    timeout: Duration,
+    receive_queue: usize,
     publishes: mpsc::Sender<(String, Bytes)>,
     publish_queue: std::sync::Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
     subscriptions: mpsc::UnboundedSender<Interest>,
@@ -63,6 +104,23 @@ impl Shared {
     fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
     }
+
+    /// `call`, or an error once it has taken longer than the timeout.
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer from redis within the timeout",
+                    what.to_owned(),
+                )))
+            })
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +129,7 @@ struct Counters {
     published: AtomicU64,
     not_delivered: AtomicU64,
     received: AtomicU64,
+    dropped: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
     subscribed: AtomicUsize,
@@ -94,6 +153,9 @@ pub struct RedisStats {
     pub not_delivered: u64,
     /// Events received from other nodes.
     pub received: u64,
+    /// Events from other nodes dropped because they came faster than this node could
+    /// hand them to its subscribers, and its receive queue was full.
+    pub dropped: u64,
     /// Messages on our channels that were not ours to read; skipped.
     pub malformed: u64,
     /// Connections made after the first.
@@ -103,35 +165,25 @@ pub struct RedisStats {
 }
 
 impl RedisBackplane {
-    /// A backplane through the Redis at `url` (`redis://host:port/`). Connects in the
-    /// background when the hub is built, and keeps reconnecting.
+    /// A backplane through the Redis at `url` (`redis://host:port/`), with the defaults
+    /// of [`RedisBackplaneBuilder`]. Connects in the background when the hub is built, and
+    /// keeps reconnecting.
     ///
     /// # Errors
     ///
     /// When `url` is not a Redis URL, or when called outside a tokio runtime.
-    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let runtime = Handle::try_current().map_err(|_| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "RedisBackplane::new must be called inside a tokio runtime",
-            ))
-        })?;
-        let (publishes, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
-        let (subscriptions, subscription_queue) = mpsc::unbounded_channel();
-        Ok(Self {
-            shared: Arc::new(Shared {
-                client,
-                runtime,
-                node: node_id(),
-                prefix: "fanout:".to_owned(),
-                publishes,
-                publish_queue: std::sync::Mutex::new(Some(publish_queue)),
-                subscriptions,
-                subscription_queue: std::sync::Mutex::new(Some(subscription_queue)),
-                counters: Counters::default(),
-            }),
-        })
+    pub fn new(url: &str) -> Result<Self, RedisError> {
+        Self::builder(url).build()
+    }
+
+    /// Starts configuring a backplane through the Redis at `url`.
+    pub fn builder(url: &str) -> RedisBackplaneBuilder {
+        RedisBackplaneBuilder {
+            url: url.to_owned(),
+            ping_interval: PING_INTERVAL,
+            timeout: TIMEOUT,
+            receive_queue: RECEIVE_QUEUE,
+        }
     }
 
     /// A snapshot of the counters.
@@ -142,10 +194,74 @@ impl RedisBackplane {
             published: c.published.load(Ordering::Relaxed),
             not_delivered: c.not_delivered.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             subscribed_topics: c.subscribed.load(Ordering::Acquire),
         }
+    }
+}
+
+impl RedisBackplaneBuilder {
+    /// How often both connections are sent a PING, so that one that has silently stopped
+    /// is found; at least 10 ms. Default: 2 s.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The longest any call to Redis may take (connecting, a PING, a publish, a
+    /// subscribe) before the connections are replaced; at least 10 ms. Default: 3 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many messages from other nodes may wait for the hub before more are dropped
+    /// (and counted in [`RedisStats::dropped`]); at least 1. Default: 16 384.
+    pub fn receive_queue(mut self, messages: usize) -> Self {
+        self.receive_queue = messages.max(1);
+        self
+    }
+
+    /// Builds the backplane.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not a Redis URL, or when called outside a tokio runtime.
+    pub fn build(self) -> Result<RedisBackplane, RedisError> {
+        let info = self.url.as_str().into_connection_info()?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let subscriber = Client::open(info.clone().set_redis_settings(resp3))?;
+        let publisher = Client::open(info)?;
+        let runtime = Handle::try_current().map_err(|_| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "a RedisBackplane must be built inside a tokio runtime",
+            ))
+        })?;
+        let (publishes, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
+        let (subscriptions, subscription_queue) = mpsc::unbounded_channel();
+        Ok(RedisBackplane {
+            shared: Arc::new(Shared {
+                publisher,
+                subscriber,
+                runtime,
+                node: node_id(),
+                prefix: "fanout:".to_owned(),
+                ping_interval: self.ping_interval,
+                timeout: self.timeout,
+                receive_queue: self.receive_queue,
+                publishes,
+                publish_queue: std::sync::Mutex::new(Some(publish_queue)),
+                subscriptions,
+                subscription_queue: std::sync::Mutex::new(Some(subscription_queue)),
+                counters: Counters::default(),
+            }),
+        })
     }
 }
 
@@ -208,52 +324,41 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// The backplane's task: connect, subscribe, then publish, receive and follow the hub's
-/// interest until the connection fails; then again, after a backoff.
+/// The queues the task drains, and the topics the hub wants.
+struct Work {
+    publishes: mpsc::Receiver<(String, Bytes)>,
+    interests: mpsc::UnboundedReceiver<Interest>,
+    topics: HashSet<String>,
+}
+
+/// The backplane's task: connect, subscribe, then publish, receive, follow the hub's
+/// interest and check the connections until one fails; then again, after a backoff.
+/// Ends when the hub is dropped.
 async fn run(
     shared: Arc<Shared>,
-    mut publishes: mpsc::Receiver<(String, Bytes)>,
-    mut interests: mpsc::UnboundedReceiver<Interest>,
+    publishes: mpsc::Receiver<(String, Bytes)>,
+    interests: mpsc::UnboundedReceiver<Interest>,
     remote: Remote,
 ) {
-    let mut topics: HashSet<String> = HashSet::new();
+    let mut work = Work {
+        publishes,
+        interests,
+        topics: HashSet::new(),
+    };
     let mut backoff = FIRST_BACKOFF;
     let mut connections = 0u64;
-    while remote.is_alive() {
-        match connect(&shared, &topics).await {
-            Ok((publisher, sink, stream)) => {
-                connections += 1;
-                if connections > 1 {
-                    shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(topics = topics.len(), "redis backplane reconnected");
-                } else {
-                    tracing::debug!("redis backplane connected");
-                }
-                shared.counters.connected.store(true, Ordering::Release);
-                backoff = FIRST_BACKOFF;
-                let ended = serve(
-                    &shared,
-                    &remote,
-                    &mut topics,
-                    &mut publishes,
-                    &mut interests,
-                    publisher,
-                    sink,
-                    stream,
-                )
-                .await;
-                shared.counters.connected.store(false, Ordering::Release);
-                match ended {
-                    Ended::HubGone => return,
-                    Ended::Lost(error) => {
-                        tracing::warn!(%error, "redis backplane lost its connection")
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "redis backplane cannot connect")
-            }
+    loop {
+        let lost = tokio::select! {
+            () = remote.closed() => break,
+            lost = session(&shared, &remote, &mut work, &mut connections) => lost,
+        };
+        if shared.counters.connected.swap(false, Ordering::AcqRel) {
+            backoff = FIRST_BACKOFF;
+            tracing::warn!(error = %lost, "redis backplane lost its connection");
+        } else {
+            tracing::warn!(error = %lost, retry_in = ?backoff, "redis backplane cannot connect");
         }
+        shared.counters.subscribed.store(0, Ordering::Release);
         // While down: broadcasts are not delivered to other nodes, say so; follow the
         // hub's interest so that the next connection subscribes to the right topics.
         let wait = tokio::time::sleep(backoff);
@@ -261,85 +366,184 @@ async fn run(
         loop {
             tokio::select! {
                 () = &mut wait => break,
-                Some(_) = publishes.recv() => {
+                () = remote.closed() => return tracing::debug!("redis backplane stopped with its hub"),
+                Some(_) = work.publishes.recv() => {
                     shared.counters.not_delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                interest = interests.recv() => match interest {
-                    Some(interest) => follow(&mut topics, interest),
-                    None => return,
-                },
+                Some(interest) = work.interests.recv() => follow(&mut work.topics, interest),
             }
         }
-        shared.counters.subscribed.store(0, Ordering::Release);
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    shared.counters.connected.store(false, Ordering::Release);
+    tracing::debug!("redis backplane stopped with its hub");
+}
+
+/// One pair of connections, from connecting until one of them fails.
+async fn session(
+    shared: &Arc<Shared>,
+    remote: &Remote,
+    work: &mut Work,
+    connections: &mut u64,
+) -> RedisError {
+    let (push_sender, mut pushes) = mpsc::channel(shared.receive_queue);
+    let (publisher, subscriber) = match connect(shared, push_sender, &work.topics).await {
+        Ok(connected) => connected,
+        Err(error) => return error,
+    };
+    *connections += 1;
+    if *connections > 1 {
+        shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(topics = work.topics.len(), "redis backplane reconnected");
+    } else {
+        tracing::debug!("redis backplane connected");
+    }
+    shared.counters.connected.store(true, Ordering::Release);
+
+    let Work {
+        publishes,
+        interests,
+        topics,
+    } = work;
+    let publish = publish_loop(shared, publishes, publisher.clone());
+    let receive = receive_loop(shared, remote, &mut pushes);
+    let follow = follow_loop(shared, interests, topics, subscriber.clone());
+    let check = check_loop(shared, [publisher, subscriber]);
+    match tokio::try_join!(publish, receive, follow, check) {
+        Err(error) => error,
+        Ok(never) => match never.0 {},
     }
 }
 
-enum Ended {
-    HubGone,
-    Lost(redis::RedisError),
-}
-
+/// Opens both connections and subscribes to `topics`.
 async fn connect(
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    pushes: mpsc::Sender<PushInfo>,
     topics: &HashSet<String>,
-) -> redis::RedisResult<(MultiplexedConnection, PubSubSink, PubSubStream)> {
-    let publisher = shared.client.get_multiplexed_async_connection().await?;
-    let (mut sink, stream) = shared.client.get_async_pubsub().await?.split();
+) -> redis::RedisResult<(MultiplexedConnection, MultiplexedConnection)> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(shared.timeout))
+        .set_response_timeout(Some(shared.timeout));
+    let publisher = shared.timed(
+        "connecting",
+        shared
+            .publisher
+            .get_multiplexed_async_connection_with_config(&config),
+    );
+    let publisher = publisher.await?;
+    // The server's pushes are handed over as they are read; what does not fit the queue
+    // is counted, not buffered.
+    let counted = Arc::clone(shared);
+    let config = config.set_push_sender(move |push: PushInfo| match pushes.try_send(push) {
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            counted.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        Ok(()) => Ok(()),
+    });
+    let mut subscriber = shared
+        .timed(
+            "connecting",
+            shared
+                .subscriber
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
     // Many channels per command: 100 000 topics take 100 round trips, not 100 000.
     let channels: Vec<String> = topics.iter().map(|topic| shared.channel(topic)).collect();
     for chunk in channels.chunks(INTEREST_BATCH) {
-        sink.subscribe(chunk).await?;
+        shared
+            .timed("subscribing", subscriber.subscribe(chunk))
+            .await?;
     }
     shared
         .counters
         .subscribed
         .store(topics.len(), Ordering::Release);
-    Ok((publisher, sink, stream))
+    Ok((publisher, subscriber))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
+/// Sends what the hub publishes, a pipeline per round trip.
+async fn publish_loop(
     shared: &Shared,
-    remote: &Remote,
-    topics: &mut HashSet<String>,
     publishes: &mut mpsc::Receiver<(String, Bytes)>,
-    interests: &mut mpsc::UnboundedReceiver<Interest>,
     mut publisher: MultiplexedConnection,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
-) -> Ended {
+) -> Result<Infallible, RedisError> {
     let mut batch = Vec::with_capacity(PIPELINE);
     loop {
-        tokio::select! {
-            count = publishes.recv_many(&mut batch, PIPELINE) => {
-                if count == 0 {
-                    return Ended::HubGone;
-                }
-                let mut pipeline = redis::pipe();
-                for (channel, message) in &batch {
-                    pipeline.publish(channel, &message[..]).ignore();
-                }
-                let sent = pipeline.query_async::<()>(&mut publisher).await;
-                let counter = if sent.is_ok() { &shared.counters.published } else { &shared.counters.not_delivered };
-                counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
-                if let Err(error) = sent {
-                    return Ended::Lost(error);
-                }
+        // The sender lives in the backplane, so the queue never ends while the task runs.
+        publishes.recv_many(&mut batch, PIPELINE).await;
+        let mut pipeline = redis::pipe();
+        for (channel, message) in &batch {
+            pipeline.publish(channel, &message[..]).ignore();
+        }
+        let sent = shared
+            .timed("publishing", pipeline.query_async::<()>(&mut publisher))
+            .await;
+        let counter = if sent.is_ok() {
+            &shared.counters.published
+        } else {
+            &shared.counters.not_delivered
+        };
+        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+        sent?;
+    }
+}
+
+/// Hands what other nodes publish to the hub, as it arrives.
+async fn receive_loop(
+    shared: &Shared,
+    remote: &Remote,
+    pushes: &mut mpsc::Receiver<PushInfo>,
+) -> Result<Infallible, RedisError> {
+    let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+    loop {
+        if pushes.recv_many(&mut batch, RECEIVE_BATCH).await == 0 {
+            return Err(lost("the connection dropped its receive queue"));
+        }
+        for push in batch.drain(..) {
+            if push.kind == PushKind::Disconnection {
+                return Err(lost("the subscribing connection closed"));
             }
-            interest = interests.recv() => {
-                let Some(first) = interest else { return Ended::HubGone };
-                if let Err(error) = follow_batch(shared, topics, first, interests, &mut sink).await {
-                    return Ended::Lost(error);
-                }
-            }
-            message = stream.next() => {
-                let Some(message) = message else {
-                    return Ended::Lost(redis::RedisError::from((redis::ErrorKind::Io, "subscription stream ended")));
-                };
-                receive(shared, remote, &message);
-            }
+            receive(shared, remote, push);
+        }
+    }
+}
+
+/// Follows the hub's interest, sending Redis each batch's net change.
+async fn follow_loop(
+    shared: &Shared,
+    interests: &mut mpsc::UnboundedReceiver<Interest>,
+    topics: &mut HashSet<String>,
+    mut subscriber: MultiplexedConnection,
+) -> Result<Infallible, RedisError> {
+    loop {
+        let Some(first) = interests.recv().await else {
+            return Err(lost("the hub's interest queue ended"));
+        };
+        follow_batch(shared, topics, first, interests, &mut subscriber).await?;
+    }
+}
+
+/// PINGs both connections every ping interval: one that gets no answer within the
+/// timeout has stopped, even if the operating system has not noticed.
+async fn check_loop(
+    shared: &Shared,
+    mut connections: [MultiplexedConnection; 2],
+) -> Result<Infallible, RedisError> {
+    let mut ticks = tokio::time::interval(shared.ping_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for connection in &mut connections {
+            shared
+                .timed(
+                    "pinging",
+                    redis::cmd("PING").query_async::<Value>(connection),
+                )
+                .await?;
         }
     }
 }
@@ -351,10 +555,10 @@ async fn follow_batch(
     topics: &mut HashSet<String>,
     first: Interest,
     interests: &mut mpsc::UnboundedReceiver<Interest>,
-    sink: &mut PubSubSink,
+    subscriber: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
     let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
-    let mut was_listening = std::collections::HashMap::new();
+    let mut was_listening = HashMap::new();
     for interest in std::iter::once(first).chain(waiting) {
         let topic = match &interest {
             Interest::Subscribe(topic) | Interest::Unsubscribe(topic) => topic,
@@ -377,10 +581,14 @@ async fn follow_batch(
         .subscribed
         .store(topics.len(), Ordering::Release);
     if !join.is_empty() {
-        sink.subscribe(&join).await?;
+        shared
+            .timed("subscribing", subscriber.subscribe(&join))
+            .await?;
     }
     if !leave.is_empty() {
-        sink.unsubscribe(&leave).await?;
+        shared
+            .timed("unsubscribing", subscriber.unsubscribe(&leave))
+            .await?;
     }
     Ok(())
 }
@@ -393,14 +601,25 @@ fn follow(topics: &mut HashSet<String>, interest: Interest) {
 }
 
 /// Delivers a message from Redis to local subscribers, unless it is this node's own.
-fn receive(shared: &Shared, remote: &Remote, message: &redis::Msg) {
-    let Some(topic) = message
-        .get_channel_name()
-        .strip_prefix(shared.prefix.as_str())
+/// Other pushes (subscription confirmations) are not messages and are passed over.
+fn receive(shared: &Shared, remote: &Remote, push: PushInfo) {
+    if push.kind != PushKind::Message {
+        return;
+    }
+    let mut data = push.data.into_iter();
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let Some(topic) = std::str::from_utf8(&channel)
+        .ok()
+        .and_then(|channel| channel.strip_prefix(shared.prefix.as_str()))
     else {
         return;
     };
-    match wire::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
+    match wire::decode(Bytes::from(payload)) {
         Ok((origin, _)) if origin == shared.node => {}
         Ok((_, event)) => {
             shared.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -411,6 +630,10 @@ fn receive(shared: &Shared, remote: &Remote, message: &redis::Msg) {
             tracing::warn!(%error, topic, "skipped a message from redis");
         }
     }
+}
+
+fn lost(what: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, what))
 }
 
 /// A random node id: std's hasher keys come from the operating system's randomness.

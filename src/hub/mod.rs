@@ -74,6 +74,8 @@ pub(crate) struct HubCore {
     /// Source of channel epochs: unique within the hub, and unlike the previous run's.
     epochs: AtomicU64,
     backplane: Option<Arc<dyn Backplane>>,
+    /// Dropped with the hub, which tells the backplane's task to end.
+    _alive: Option<tokio::sync::watch::Sender<()>>,
 }
 
 /// Aligned to two cache lines so that threads working on neighbouring shards do not
@@ -274,6 +276,7 @@ impl HubBuilder {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_micros() as u64);
+        let (alive, alive_receiver) = tokio::sync::watch::channel(());
         let hub = Hub {
             inner: Arc::new(HubCore {
                 idle_per_shard: self.idle_topics.div_ceil(self.shards),
@@ -284,12 +287,14 @@ impl HubBuilder {
                 lag_policy: self.lag_policy,
                 closed: AtomicBool::new(false),
                 epochs: AtomicU64::new(start),
+                _alive: self.backplane.is_some().then_some(alive),
                 backplane: self.backplane,
             }),
         };
         if let Some(backplane) = &hub.inner.backplane {
             backplane.start(Remote {
                 hub: Arc::downgrade(&hub.inner),
+                alive: alive_receiver,
             });
         }
         hub
