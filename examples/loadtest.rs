@@ -38,7 +38,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -124,7 +123,10 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         for transport in &options.transports {
             for kind in &options.servers {
                 let server = match options.attach {
-                    Some(addr) => Server { child: None, addr },
+                    Some(addr) => Server {
+                        process: None,
+                        addr,
+                    },
                     None => Server::start(kind).await?,
                 };
                 let (line, missed) = match phase.as_str() {
@@ -148,69 +150,36 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 
 /// A server under test, in a child process of its own unless attached to.
 struct Server {
-    child: Option<Child>,
+    process: Option<ServerProcess>,
     addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Server {
     async fn start(kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", kind, &addr.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
-        let server = Self {
-            child: Some(child),
-            addr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).await.is_err() {
-            if Instant::now() > deadline {
-                return Err("the server did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(server)
+        let process = ServerProcess::start(&[kind]).await?;
+        Ok(Self {
+            addr: process.addr,
+            process: Some(process),
+        })
     }
 
     /// The server's user + system CPU time.
     fn cpu(&self) -> Duration {
-        self.child
+        self.process
             .as_ref()
-            .map_or(Duration::ZERO, |child| cpu_time(&child.id().to_string()))
+            .map_or(Duration::ZERO, |process| cpu_time(&process.pid()))
     }
 
     /// The server's resident memory, in KiB.
     fn rss_kib(&self) -> u64 {
-        self.child
+        self.process
             .as_ref()
-            .map_or(0, |child| process::rss_kib(&child.id().to_string()))
+            .map_or(0, |process| process::rss_kib(&process.pid()))
     }
 
     /// Sends a control request and returns the body of the answer.
     async fn control(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-        let mut stream = TcpStream::connect(self.addr).await?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        tokio::time::timeout(PHASE_LIMIT, stream.read_to_string(&mut response)).await??;
-        Ok(response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .trim()
-            .to_owned())
+        load::control(self.addr, path).await
     }
 
     async fn wait_subscribers(&self, count: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -439,24 +408,6 @@ fn stream_request(transport: &str) -> String {
     }
 }
 
-/// The first complete frame in `data`: its opcode, payload and length on the wire.
-fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let (&first, &second) = (data.first()?, data.get(1)?);
-    let (len, header) = match second & 0x7f {
-        126 => (
-            usize::from(u16::from_be_bytes(data.get(2..4)?.try_into().ok()?)),
-            4,
-        ),
-        127 => (
-            usize::try_from(u64::from_be_bytes(data.get(2..10)?.try_into().ok()?)).ok()?,
-            10,
-        ),
-        len => (usize::from(len), 2),
-    };
-    let payload = data.get(header..header + len)?;
-    Some((first & 0x0f, payload, header + len))
-}
-
 /// Room for `capacity` items, its memory written once, so that no page fault is left
 /// for the measurement.
 fn warm<T: Clone>(capacity: usize, item: T) -> Vec<T> {
@@ -649,8 +600,11 @@ async fn stall(
     Ok((line, 0))
 }
 
+#[path = "support/load.rs"]
+mod load;
 #[path = "../tests/support/process.rs"]
 mod process;
+use load::{ServerProcess, ws_frame};
 
 fn raise_fd_limit() {
     process::raise_fd_limit(u64::MAX);

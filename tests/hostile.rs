@@ -479,40 +479,44 @@ async fn read_slowly(stream: &mut TcpStream, hub: &Hub, period: Duration) -> usi
     total
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_reader_slower_than_its_topic_is_not_timed_out_while_it_reads() {
-    const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
-    let hub = Hub::new();
-    let layer = StreamLayer::new(hub.clone()).write_timeout(WRITE_TIMEOUT);
-    let addr = common::serve_hyper_on(
-        common::listener_with_send_buffer(16 * 1024),
-        layer.layer(Inner),
-    );
-    let mut slow = upgrade(small_window(addr).await).await;
-    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+/// The write timeout of the slow-reader tests.
+const SLOW_WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
 
-    // About 800 KB/s for 4 s, 20 times what the reader takes: it lags, and what waits
-    // for it never drains, but the socket takes bytes as it reads, so no write waits the
-    // write timeout.
-    let publisher = publish_steadily(&hub, "t", 800, 4096, Duration::from_millis(5));
-    let read = read_slowly(&mut slow, &hub, Duration::from_secs(4)).await;
+/// `slow`, subscribed to `t` on `hub`, reads about 40 KiB/s while the topic produces
+/// 800 KB/s for 4 s, 20 times that: it lags, and what waits for it never drains, but the
+/// socket takes bytes as it reads, so no write waits the write timeout. Then it stops
+/// reading, and is closed once a write has waited that long.
+async fn slow_reader_is_kept_while_it_reads(mut slow: TcpStream, hub: &Hub) {
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+    let publisher = publish_steadily(hub, "t", 800, 4096, Duration::from_millis(5));
+    let read = read_slowly(&mut slow, hub, Duration::from_secs(4)).await;
     assert!(read > 20 * 1024, "read {read} bytes");
     publisher.await.expect("published");
 
-    // A reader that stops is closed once a write has waited the timeout.
     hub.broadcast("t", vec![b'y'; 1 << 20]);
     wait_until("the stopped reader is closed", || {
         hub.stats().subscribers == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_reader_slower_than_its_topic_is_not_timed_out_while_it_reads() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone()).write_timeout(SLOW_WRITE_TIMEOUT);
+    let addr = common::serve_hyper_on(
+        common::listener_with_send_buffer(16 * 1024),
+        layer.layer(Inner),
+    );
+    let slow = upgrade(small_window(addr).await).await;
+    slow_reader_is_kept_while_it_reads(slow, &hub).await;
     assert_still_serves(addr, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_reader_slower_than_its_topic_is_not_timed_out_under_fanout_serve() {
-    const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
     let hub = Hub::new();
-    let layer = StreamLayer::new(hub.clone()).write_timeout(WRITE_TIMEOUT);
+    let layer = StreamLayer::new(hub.clone()).write_timeout(SLOW_WRITE_TIMEOUT);
     let addr = common::serve_fanout_on(
         common::listener_with_send_buffer(16 * 1024),
         layer.layer(Inner),
@@ -521,18 +525,8 @@ async fn an_sse_reader_slower_than_its_topic_is_not_timed_out_under_fanout_serve
     slow.write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .expect("write");
-    wait_until("subscribed", || hub.stats().subscribers == 1).await;
-
-    let publisher = publish_steadily(&hub, "t", 800, 4096, Duration::from_millis(5));
-    let read = read_slowly(&mut slow, &hub, Duration::from_secs(4)).await;
-    assert!(read > 20 * 1024, "read {read} bytes");
-    publisher.await.expect("published");
-
-    hub.broadcast("t", vec![b'y'; 1 << 20]);
-    wait_until("the stopped reader is closed", || {
-        hub.stats().subscribers == 0
-    })
-    .await;
+    slow_reader_is_kept_while_it_reads(slow, &hub).await;
+    assert_still_serves(addr, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

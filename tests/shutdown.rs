@@ -5,6 +5,7 @@ mod common;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -121,10 +122,26 @@ async fn hyper_util_graceful_shutdown_finishes_with_streams_open() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
-    let hub = Hub::new();
-    let service = StreamLayer::new(hub.clone()).path("/events").layer(Inner);
+/// Serves `service` with `tower_fanout::serve` on a free port, shutting down gracefully
+/// with `shutdown_timeout` once the returned sender fires; returns the address, the
+/// trigger and the server's task.
+async fn fanout_serve<S, B>(
+    service: S,
+    shutdown_timeout: Duration,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>)
+where
+    S: tower_service::Service<
+            http::Request<tower_fanout::serve::Body>,
+            Response = http::Response<B>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let (trigger, signal) = oneshot::channel::<()>();
@@ -133,8 +150,17 @@ async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
             .with_graceful_shutdown(async move {
                 let _ = signal.await;
             })
+            .shutdown_timeout(shutdown_timeout)
             .into_future(),
     );
+    (addr, trigger, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
+    let hub = Hub::new();
+    let service = StreamLayer::new(hub.clone()).path("/events").layer(Inner);
+    let (addr, trigger, server) = fanout_serve(service, Duration::from_secs(30)).await;
 
     let open = open_streams(addr, &hub).await;
     // A keep-alive connection that hyper serves, idle between requests, and one that
@@ -229,18 +255,9 @@ async fn event_streams_that_fanout_serve_leaves_to_hyper_have_the_write_timeout(
     let hub = Hub::new();
     let service = StreamLayer::new(hub.clone())
         .path("/events")
-        .write_timeout(std::time::Duration::from_millis(300))
+        .write_timeout(Duration::from_millis(300))
         .layer(Inner);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (trigger, signal) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tower_fanout::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = signal.await;
-            })
-            .into_future(),
-    );
+    let (addr, trigger, server) = fanout_serve(service, Duration::from_secs(30)).await;
 
     let mut silent = Vec::new();
     for how in ["keep-alive", "stray-crlf", "large-head"] {
@@ -280,17 +297,7 @@ async fn a_stalled_upload_holds_graceful_shutdown_no_longer_than_the_shutdown_ti
         "/upload",
         axum::routing::post(|body: String| async move { body.len().to_string() }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (trigger, signal) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tower_fanout::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = signal.await;
-            })
-            .shutdown_timeout(std::time::Duration::from_millis(200))
-            .into_future(),
-    );
+    let (addr, trigger, server) = fanout_serve(app, Duration::from_millis(200)).await;
     // Half a body, then nothing: the request stays in progress.
     let mut upload = TcpStream::connect(addr).await.expect("connect");
     upload
