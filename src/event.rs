@@ -30,6 +30,10 @@ use bytes::Bytes;
 
 use crate::sse::encode;
 
+/// Data shorter than this is copied into an allocation of its own when the hub keeps it
+/// and its `Bytes` shares one; see [`Event::own_small_data`].
+const OWN_BELOW: usize = 16 * 1024;
+
 /// One message to fan out: its data and, for Server-Sent Events, an optional type, id and
 /// reconnection hint.
 ///
@@ -53,6 +57,11 @@ impl Event {
     /// Data may contain any bytes. Over Server-Sent Events it is split into lines at CRLF,
     /// CR and LF (a browser reads every line ending back as LF) and decoded as UTF-8 by the
     /// client; over WebSocket it is sent unchanged.
+    ///
+    /// A request body (axum's `Bytes`, hyper's body frames) is a view into its
+    /// connection's read buffer. [`Hub::broadcast`](crate::Hub::broadcast) copies such data
+    /// under 16 KiB into an allocation of its own, so that an event kept in the history
+    /// does not keep the buffer.
     pub fn new(data: impl Into<Bytes>) -> Self {
         Self {
             data: data.into(),
@@ -106,6 +115,26 @@ impl Event {
             sse: OnceLock::new(),
             ..self
         }
+    }
+
+    /// Makes data under [`OWN_BELOW`] that is a view into a larger allocation its own, so
+    /// that keeping the event keeps only what it holds: a request body is typically a view
+    /// into its connection's read buffer, and kept as it is, a six-byte event would hold
+    /// kilobytes. With `shared`, data that shares its allocation is copied too, whatever
+    /// lies behind it (a WebSocket message is a view into a read buffer still in use).
+    /// Larger data is left as it is: it is most of whatever it shares.
+    pub(crate) fn own_small_data(&mut self, shared: bool) {
+        let len = self.data.len();
+        if len == 0 || len >= OWN_BELOW {
+            return;
+        }
+        // Data that owns its allocation alone shows how large it is.
+        self.data = match std::mem::take(&mut self.data).try_into_mut() {
+            Ok(own) if own.capacity() <= 2 * len + 64 => own.freeze(),
+            Ok(view) => Bytes::copy_from_slice(&view),
+            Err(others) if shared => Bytes::copy_from_slice(&others),
+            Err(others) => others,
+        };
     }
 
     /// Sets the id the hub chose, which needs no checking.
@@ -233,3 +262,45 @@ impl fmt::Display for InvalidEvent {
 }
 
 impl std::error::Error for InvalidEvent {}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn kept(data: &Bytes, shared: bool) -> bool {
+        let mut event = Event::new(data.clone());
+        event.own_small_data(shared);
+        event.data().as_ptr() == data.as_ptr()
+    }
+
+    #[test]
+    fn small_views_into_larger_allocations_are_copied() {
+        // A six-byte view alone in an 8 KiB allocation, as a request body is.
+        let buffer = Bytes::from(vec![7; 8192]);
+        let view = buffer.slice(100..106);
+        drop(buffer);
+        let mut event = Event::new(view.clone());
+        let pointer = view.as_ptr();
+        drop(view);
+        event.own_small_data(false);
+        assert_ne!(event.data().as_ptr(), pointer);
+        assert_eq!(&event.data()[..], &[7; 6]);
+
+        // Data that is its whole allocation, or large, stays where it is.
+        let exact = Bytes::from(vec![1; 100]);
+        let pointer = exact.as_ptr();
+        let mut event = Event::new(exact);
+        event.own_small_data(true);
+        assert_eq!(event.data().as_ptr(), pointer);
+        let large = Bytes::from(vec![2; 20_000]).slice(0..OWN_BELOW);
+        assert!(kept(&large, true));
+
+        // Shared data is copied only when asked.
+        let shared = Bytes::from(vec![3; 100]);
+        assert!(kept(&shared, false));
+        assert!(!kept(&shared, true));
+        assert!(kept(&Bytes::from_static(b"static"), false));
+    }
+}

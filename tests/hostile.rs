@@ -607,3 +607,59 @@ async fn clients_that_stop_reading_hold_large_events_by_reference() {
     );
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_made_from_request_bodies_do_not_keep_the_servers_read_buffers() {
+    use axum::extract::{Path, State};
+    use axum::routing::post;
+
+    const EVENTS: usize = 2_000;
+    // Each body is a view into hyper's read buffer for its connection; kept in history as
+    // it is, each event would hold a buffer of 8 KiB or more.
+    let hub = Hub::builder().history(EVENTS).build();
+    let app = axum::Router::new()
+        .route(
+            "/publish/{topic}",
+            post(
+                |State(hub): State<Hub>, Path(topic): Path<String>, body: bytes::Bytes| async move {
+                    hub.broadcast(&topic, body).to_string()
+                },
+            ),
+        )
+        .with_state(hub.clone());
+    let addr = common::serve_fanout(app).await;
+    // History starts with a first subscriber; this one reads nothing.
+    let _listener = hub.subscribe("t");
+    let mut publisher = TcpStream::connect(addr).await.expect("connect");
+    let before = process::rss_kib("self");
+    let mut answer = [0; 1024];
+    for i in 0..EVENTS {
+        let body = format!("{i:06}");
+        let request = format!(
+            "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        publisher
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+        // One request at a time, as a publisher waiting for each answer sends them.
+        let n = timeout(WAIT, publisher.read(&mut answer))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    let grown = process::rss_kib("self").saturating_sub(before);
+    println!("RSS grew {grown} KiB for {EVENTS} events of 6 bytes kept in history");
+    assert!(
+        grown < 4 * 1024,
+        "RSS grew {grown} KiB: the events hold the server's read buffers"
+    );
+    let (mut resumed, _) = hub.resume("t", "unknown");
+    let oldest = timeout(WAIT, resumed.recv())
+        .await
+        .expect("kept in history")
+        .expect("an event");
+    assert_eq!(&oldest.data()[..], b"000000");
+}

@@ -336,9 +336,19 @@ impl Hub {
     /// Never waits for a subscriber and never blocks on one: a subscriber whose buffer is
     /// full is handled by the [`LagPolicy`] when it next reads. Callable from any thread,
     /// inside or outside an async runtime. After [`Hub::close`] it reaches no one.
+    ///
+    /// Data under 16 KiB that is a view into a larger allocation is copied first, once: a
+    /// request body read by hyper or axum is a view into its connection's read buffer, and
+    /// an event kept in the history or by a slow subscriber would otherwise keep that whole
+    /// buffer. With [history](HubBuilder::history), data under 16 KiB that shares its
+    /// allocation with other `Bytes` (a WebSocket message from `on_message`) is copied
+    /// too.
     pub fn broadcast(&self, topic: &str, event: impl Into<Event>) -> usize {
+        let mut event = event.into();
+        // Events kept for history live long: what they share is copied too.
+        event.own_small_data(self.inner.history > 0);
         // Allocated before any lock is taken.
-        self.inner.deliver(topic, Arc::new(event.into()), true)
+        self.inner.deliver(topic, Arc::new(event), true)
     }
 
     /// Subscribes to `topic`: the subscription receives every event broadcast to it from
