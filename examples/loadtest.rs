@@ -156,7 +156,8 @@ struct Server {
 
 impl Server {
     async fn start(kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let process = ServerProcess::start(&[kind]).await?;
+        let process =
+            ServerProcess::start(|addr| ["serve", kind, addr].map(str::to_owned).to_vec()).await?;
         Ok(Self {
             addr: process.addr,
             process: Some(process),

@@ -249,9 +249,9 @@ enum Server {
 
 impl Server {
     async fn start(history: usize, kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        Ok(Self::Child(
-            ServerProcess::start(&[&history.to_string(), kind]).await?,
-        ))
+        let history = history.to_string();
+        let args = |addr: &str| ["serve", addr, &history, kind].map(str::to_owned).to_vec();
+        Ok(Self::Child(ServerProcess::start(args).await?))
     }
 
     fn addr(&self) -> SocketAddr {

@@ -21,14 +21,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Runs this example again as `EXE serve ADDR args..`, on a free port, and waits
-    /// until it accepts connections.
-    pub async fn start(args: &[&str]) -> Result<Self, Box<dyn std::error::Error>> {
+    /// Runs this example again with the arguments `args` makes of a free port's address,
+    /// and waits until it accepts connections.
+    pub async fn start(
+        args: impl FnOnce(&str) -> Vec<String>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let child = Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg(addr.to_string())
-            .args(args)
+            .args(args(&addr.to_string()))
             .stdout(Stdio::null())
             .spawn()?;
         let server = Self { child, addr };
