@@ -75,6 +75,8 @@
 
 pub mod backplane;
 mod body;
+mod classify;
+mod config;
 mod event;
 mod future;
 pub mod hub;

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use tower_service::Service;
 
 use crate::body::{Prepared, ResponseBody};
+use crate::classify::{is_upgrade_attempt, wants_event_stream};
+use crate::config::{Config, WriteTimeout, peer, query_param};
 use crate::future::ResponseFuture;
-use crate::layer::{Config, query_param};
-use crate::serve::WriteTimeout;
 use crate::sse::SseBody;
 use crate::{Rejection, ws};
 
@@ -47,7 +47,7 @@ where
         if !self.config.intercepts(request.uri().path()) {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        if ws::is_upgrade_attempt(request.headers()) {
+        if is_upgrade_attempt(request.headers()) {
             let (parts, _body) = request.into_parts();
             let response = ws::accept(&self.config, parts).unwrap_or_else(Rejection::into_response);
             return ResponseFuture::ready(response);
@@ -60,17 +60,6 @@ where
         }
         ResponseFuture::inner(self.inner.call(request))
     }
-}
-
-pub(crate) fn wants_event_stream<B>(request: &Request<B>) -> bool {
-    request.method() == Method::GET
-        && ws::list_items(request.headers(), &header::ACCEPT).any(|media| {
-            // A media type may carry parameters: `text/event-stream; q=1`.
-            media
-                .split(';')
-                .next()
-                .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
 }
 
 fn sse_response(
@@ -112,10 +101,4 @@ fn sse_response(
         .extensions_mut()
         .insert(WriteTimeout(config.write_timeout));
     Ok(response)
-}
-
-/// The client's address, when the server put a `SocketAddr` in the request's extensions
-/// (hyper does not; a small layer or `map_request` in front can).
-pub(crate) fn peer(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
-    extensions.get().copied()
 }

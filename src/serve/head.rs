@@ -8,8 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::Body;
-use crate::service::wants_event_stream;
-use crate::ws;
+use crate::classify::{is_upgrade_attempt, wants_event_stream};
 
 /// A head larger than this goes to hyper, which has the limits and the errors for it.
 const MAX_HEAD: usize = 16 * 1024;
@@ -72,7 +71,7 @@ fn parse(read: &[u8]) -> Parsed {
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|len| len != "0");
-    if has_body || ws::is_upgrade_attempt(request.headers()) || !wants_event_stream(&request) {
+    if has_body || is_upgrade_attempt(request.headers()) || !wants_event_stream(&request) {
         return Parsed::Other;
     }
     Parsed::EventStream(Box::new(request))

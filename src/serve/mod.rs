@@ -66,6 +66,7 @@ pub use self::body::Body;
 use self::head::Head;
 use self::rewind::Rewind;
 use self::timed::TimedWrites;
+use crate::config::WriteTimeout;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -73,12 +74,6 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections in hyper's hands have after the shutdown signal, by default.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// In a response's extensions: how long the bytes of its body may wait for the client
-/// before the connection is closed. The layer's event streams carry its
-/// `write_timeout`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WriteTimeout(pub(crate) Duration);
 
 /// Serves `service` on the connections `listener` accepts, each in a task of its own,
 /// once awaited; runs until dropped, or until the signal of

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::Instant;
 
-use crate::layer::Config;
+use crate::config::Config;
 use crate::outgoing::SHARE_FROM;
 use crate::wake::{Alarm, Signal};
 use crate::{Event, RecvError, Resume, Subscription};

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use super::frame::{self, Opcode};
 use super::{Connection, DIRECT_QUEUE, Direct, Inbound, LOST};
-use crate::layer::Config;
+use crate::config::Config;
 use crate::outgoing::Outgoing;
 use crate::wake::{Alarm, Signal};
 use crate::{CloseReason, Event, RecvError, Resume, Subscription};
@@ -55,7 +55,7 @@ pub(super) async fn serve(
         "stream",
         transport = "websocket",
         topic = subscription.topic(),
-        peer = crate::service::peer(&extensions).map(tracing::field::display),
+        peer = crate::config::peer(&extensions).map(tracing::field::display),
     );
     async move {
         let upgraded = match on_upgrade.await {

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use crate::Event;
-use crate::layer::Config;
+use crate::config::Config;
 use crate::outgoing::Outgoing;
 
 /// Frame opcodes (RFC 6455, section 5.2).

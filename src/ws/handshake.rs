@@ -5,13 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, head
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::Rejection;
-
-/// Whether the request asks for a WebSocket at all: it names the protocol in `Upgrade`, or
-/// carries a key. Such a request is answered by the layer, with a refusal if malformed.
-pub(crate) fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
-    has_token(headers, &header::UPGRADE, "websocket")
-        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
-}
+use crate::classify::has_token;
 
 /// Checks the handshake and returns the `Sec-WebSocket-Accept` value.
 pub(crate) fn validate(parts: &Parts) -> Result<HeaderValue, Rejection> {
@@ -66,24 +60,6 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
     let mut values = headers.get_all(name).iter();
     let value = values.next()?;
     values.next().is_none().then_some(value)
-}
-
-/// Whether a comma-separated header lists `token`, case-insensitively.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    list_items(headers, name).any(|item| item.eq_ignore_ascii_case(token))
-}
-
-/// The items of a comma-separated header, over all its lines, trimmed.
-pub(crate) fn list_items<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
 }
 
 /// A base64 encoding of 16 bytes: 22 characters of the alphabet and `==`.

@@ -18,9 +18,8 @@ use http::{Extensions, HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::mpsc;
 
-pub(crate) use self::handshake::{is_upgrade_attempt, list_items};
 use crate::body::Prepared;
-use crate::layer::{Config, query_param};
+use crate::config::{Config, query_param};
 use crate::{Hub, Rejection};
 
 /// Frames another part of the program may queue for one connection before
