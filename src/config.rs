@@ -6,19 +6,28 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use http::request::Parts;
 
+use crate::cursor::{self, Positions};
+use crate::hub::{Joined, Since, Subscriber};
 use crate::ws::Inbound;
-use crate::{Hub, Rejection, Resume, Subscription};
+use crate::{Hub, Rejection, Resume};
 
-pub(crate) type TopicResolver = dyn Fn(&Parts) -> Result<String, Rejection> + Send + Sync;
+pub(crate) type TopicResolver = dyn Fn(&Parts) -> Result<Vec<String>, Rejection> + Send + Sync;
+pub(crate) type Authorizer = dyn Fn(&Parts, &str) -> Result<(), Rejection> + Send + Sync;
 pub(crate) type MessageHandler = dyn Fn(Inbound<'_>) + Send + Sync;
+
+/// The most topics a connection may hold, by default.
+const MAX_TOPICS: usize = 64;
 
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) hub: Hub,
     pub(crate) path: Option<String>,
-    pub(crate) topic: Arc<TopicResolver>,
+    pub(crate) topics: Arc<TopicResolver>,
+    pub(crate) authorize: Option<Arc<Authorizer>>,
+    pub(crate) max_topics: usize,
     pub(crate) on_message: Option<Arc<MessageHandler>>,
     pub(crate) origins: Vec<String>,
     pub(crate) read_limit: usize,
@@ -41,6 +50,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("path", &self.path)
+            .field("max_topics", &self.max_topics)
             .field("origins", &self.origins)
             .field("read_limit", &self.read_limit)
             .field("write_timeout", &self.write_timeout)
@@ -60,7 +70,9 @@ impl Config {
         Self {
             hub,
             path: None,
-            topic: Arc::new(topic_from_query),
+            topics: Arc::new(topics_from_query),
+            authorize: None,
+            max_topics: MAX_TOPICS,
             on_message: None,
             origins: Vec::new(),
             read_limit: 32 * 1024,
@@ -73,16 +85,82 @@ impl Config {
             websocket_ids: false,
         }
     }
-    /// Subscribes a stream to `topic`, resuming after `last_event_id` when the client
-    /// gave one.
-    pub(crate) fn subscribe(
+
+    /// The topics `parts` asks for, each once, in the order first named, and each allowed
+    /// by the authorization hook. A set that is empty (unless `empty_allowed`) or larger
+    /// than `max_topics` is refused with 400; a refused topic refuses with its status.
+    pub(crate) fn topics(
         &self,
-        topic: &str,
-        last_event_id: Option<&str>,
-    ) -> (Subscription, Resume) {
-        match last_event_id {
-            Some(last) => self.hub.resume(topic, last),
-            None => (self.hub.subscribe(topic), Resume::Complete),
+        parts: &Parts,
+        empty_allowed: bool,
+    ) -> Result<Vec<String>, Rejection> {
+        let mut topics = (self.topics)(parts)?;
+        let mut seen = std::collections::HashSet::with_capacity(topics.len());
+        topics.retain(|topic| seen.insert(topic.clone()));
+        if topics.is_empty() && !empty_allowed {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "missing topic query parameter",
+            ));
+        }
+        if topics.len() > self.max_topics {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "too many topics: at most {} on one connection",
+                    self.max_topics
+                ),
+            ));
+        }
+        for topic in &topics {
+            self.authorized(parts, topic)?;
+        }
+        Ok(topics)
+    }
+
+    /// Whether the authorization hook allows the request of `parts` to read `topic`.
+    pub(crate) fn authorized(&self, parts: &Parts, topic: &str) -> Result<(), Rejection> {
+        match &self.authorize {
+            Some(authorize) => authorize(parts, topic),
+            None => Ok(()),
+        }
+    }
+
+    /// Subscribes a stream to `topics`, resuming where `cursor` says when the client gave
+    /// one: the event's own id for a single topic, a [`cursor`] for several.
+    pub(crate) fn open(&self, topics: &[String], cursor: Option<&str>) -> Opened {
+        let since: Vec<Option<String>> = match cursor {
+            None => vec![None; topics.len()],
+            Some(id) if topics.len() == 1 => vec![Some(id.to_owned())],
+            // One not of ours is tried on every topic: a publisher's id may be known.
+            Some(id) => cursor::decode(id, topics.len())
+                .unwrap_or_else(|| vec![Some(id.to_owned()); topics.len()]),
+        };
+        let mut subscriber = self.hub.subscriber();
+        let mut lost = Vec::new();
+        let mut start = Vec::with_capacity(topics.len());
+        for (topic, since) in topics.iter().zip(&since) {
+            let since = match (cursor, since) {
+                (None, _) => Since::Now,
+                (Some(_), Some(id)) => Since::After(id),
+                (Some(_), None) => Since::Start,
+            };
+            if let Some(Joined {
+                key,
+                resume,
+                position,
+            }) = subscriber.join(topic, since)
+            {
+                if resume == Resume::EventsLost {
+                    lost.push(key);
+                }
+                start.push(position);
+            }
+        }
+        Opened {
+            subscriber,
+            lost,
+            positions: Positions::new(start),
         }
     }
 
@@ -95,16 +173,24 @@ impl Config {
     }
 }
 
-/// The default topic resolver: the `topic` query parameter, decoded.
-fn topic_from_query(parts: &Parts) -> Result<String, Rejection> {
-    query_param(parts, "topic")
-        .filter(|topic| !topic.is_empty())
-        .ok_or_else(|| {
-            Rejection::new(
-                http::StatusCode::BAD_REQUEST,
-                "missing topic query parameter",
-            )
-        })
+/// A stream's topics, subscribed: the keys of the topics in the order the request named
+/// them, the ones whose resume was not complete, and where the stream stands in each.
+pub(crate) struct Opened {
+    pub(crate) subscriber: Subscriber,
+    pub(crate) lost: Vec<usize>,
+    pub(crate) positions: Positions,
+}
+
+/// The default topic resolver: every `topic` query parameter, decoded; empty ones are
+/// no topic.
+fn topics_from_query(parts: &Parts) -> Result<Vec<String>, Rejection> {
+    let Some(query) = parts.uri.query() else {
+        return Ok(Vec::new());
+    };
+    Ok(form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, value)| key == "topic" && !value.is_empty())
+        .map(|(_, value)| value.into_owned())
+        .collect())
 }
 
 /// The first value of the query parameter `name`, decoded as a browser's

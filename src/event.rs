@@ -49,6 +49,9 @@ pub struct Event {
     sse: OnceLock<Bytes>,
     /// Whether the data is UTF-8 (a WebSocket text frame), checked on first use.
     utf8: OnceLock<bool>,
+    /// The frame of the WebSocket protocol, encoded on first use: an event belongs to the
+    /// one topic it was broadcast to.
+    protocol: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -70,6 +73,7 @@ impl Event {
             retry: None,
             sse: OnceLock::new(),
             utf8: OnceLock::new(),
+            protocol: OnceLock::new(),
         }
     }
 
@@ -83,6 +87,7 @@ impl Event {
         Ok(Self {
             event: Some(event.into()),
             sse: OnceLock::new(),
+            protocol: OnceLock::new(),
             ..self
         })
     }
@@ -103,6 +108,7 @@ impl Event {
         Ok(Self {
             id: Some(id.into()),
             sse: OnceLock::new(),
+            protocol: OnceLock::new(),
             ..self
         })
     }
@@ -141,6 +147,7 @@ impl Event {
     pub(crate) fn assign_id(&mut self, id: String) {
         self.id = Some(id.into());
         self.sse = OnceLock::new();
+        self.protocol = OnceLock::new();
     }
 
     /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
@@ -177,6 +184,13 @@ impl Event {
     /// broadcast gets a cheap clone of the same bytes.
     pub fn to_sse(&self) -> Bytes {
         self.sse_bytes().clone()
+    }
+
+    /// The event's frame in the WebSocket protocol, as an event of `topic`: encoded on
+    /// first use and shared by every subscriber.
+    pub(crate) fn protocol_frame(&self, topic: &str) -> &Bytes {
+        self.protocol
+            .get_or_init(|| crate::ws::protocol::event(topic, self))
     }
 
     /// The Server-Sent-Events wire form, borrowed: encoded on first use.

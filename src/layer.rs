@@ -85,17 +85,78 @@ impl StreamLayer {
         self.configure(|config| config.path = Some(path))
     }
 
-    /// How a request names its topic. The resolver sees the request's head (method, URI,
-    /// headers and extensions, so a layer in front can leave the authenticated user there)
-    /// and returns the topic, or a [`Rejection`] that answers the request.
+    /// How a request names its topic: one topic. The resolver sees the request's head
+    /// (method, URI, headers and extensions, so a layer in front can leave the
+    /// authenticated user there) and returns the topic, or a [`Rejection`] that answers
+    /// the request. For several topics on one connection, see [`topics`](Self::topics).
     ///
-    /// Default: the `topic` query parameter, decoded as a browser's `URLSearchParams`
-    /// decodes it (`?topic=caf%C3%A9+noir` is `café noir`); 400 when absent.
+    /// Default: every `topic` query parameter (see [`topics`](Self::topics)).
     pub fn topic<F>(self, resolver: F) -> Self
     where
         F: Fn(&Parts) -> Result<String, Rejection> + Send + Sync + 'static,
     {
-        self.configure(|config| config.topic = Arc::new(resolver))
+        self.configure(|config| config.topics = Arc::new(move |parts| Ok(vec![resolver(parts)?])))
+    }
+
+    /// How a request names the topics of its connection, as [`topic`](Self::topic) but
+    /// several: one stream (WebSocket or Server-Sent Events) carries them all, each in its
+    /// own order. A topic named twice counts once; more than
+    /// [`max_topics`](Self::max_topics) are refused with 400, and none at all too, except
+    /// for a WebSocket speaking the [protocol](crate::ws#the-protocol), which may
+    /// subscribe later.
+    ///
+    /// Default: every `topic` query parameter, decoded as a browser's `URLSearchParams`
+    /// decodes it (`?topic=a&topic=caf%C3%A9+noir` is `a` and `café noir`).
+    pub fn topics<F>(self, resolver: F) -> Self
+    where
+        F: Fn(&Parts) -> Result<Vec<String>, Rejection> + Send + Sync + 'static,
+    {
+        self.configure(|config| config.topics = Arc::new(resolver))
+    }
+
+    /// The most topics one connection may hold, at its handshake and after subscribes of
+    /// the [protocol](crate::ws#the-protocol); at least 1. Default: 64.
+    ///
+    /// A stream of several topics gives each event an id that holds a position in every
+    /// topic, so that a reconnecting client resumes them all: with the hub's own ids, 64
+    /// topics make ids of at most 2.3 KB, which proxies pass; set it higher only where
+    /// that is known to hold.
+    pub fn max_topics(self, topics: usize) -> Self {
+        self.configure(|config| config.max_topics = topics.max(1))
+    }
+
+    /// Decides whether a request may read a topic: the hook sees the request's head
+    /// (extensions included, where an authentication layer left the user) and one topic,
+    /// and allows it or refuses it with a [`Rejection`].
+    ///
+    /// It runs for every topic of a handshake, where a refusal refuses the handshake with
+    /// its status and reason, and for every subscribe a WebSocket client of the
+    /// [protocol](crate::ws#the-protocol) sends, where a refusal is an error reply and the
+    /// connection stays open. Subscribes made by the server itself (through
+    /// [`Connection`](crate::ws::Connection)) do not ask it. Default: every topic allowed.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_fanout::{Hub, Rejection, StreamLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// let layer = StreamLayer::new(Hub::new()).authorize(|parts, topic| {
+    ///     let user = parts.extensions.get::<User>();
+    ///     match user {
+    ///         Some(User(name)) if topic == format!("user:{name}") || topic == "news" => Ok(()),
+    ///         Some(_) => Err(Rejection::new(StatusCode::FORBIDDEN, "not your topic")),
+    ///         None => Err(Rejection::new(StatusCode::UNAUTHORIZED, "sign in first")),
+    ///     }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn authorize<F>(self, hook: F) -> Self
+    where
+        F: Fn(&Parts, &str) -> Result<(), Rejection> + Send + Sync + 'static,
+    {
+        self.configure(|config| config.authorize = Some(Arc::new(hook)))
     }
 
     /// Called for each text or binary message a WebSocket client sends, in order, on the

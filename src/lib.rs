@@ -77,6 +77,7 @@ pub mod backplane;
 mod body;
 mod classify;
 mod config;
+mod cursor;
 mod event;
 mod future;
 pub mod hub;
@@ -93,7 +94,8 @@ pub use body::ResponseBody;
 pub use event::{Event, InvalidEvent};
 pub use future::ResponseFuture;
 pub use hub::{
-    CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Resume, Stats, Subscription,
+    CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Resume, Stats, Subscriber,
+    Subscription,
 };
 pub use layer::StreamLayer;
 pub use reject::Rejection;

@@ -66,11 +66,11 @@ fn sse_response(
     config: &Config,
     parts: &http::request::Parts,
 ) -> Result<Response<Prepared>, Rejection> {
-    let topic = (config.topic)(parts)?;
+    let topics = config.topics(parts, false)?;
     let span = tracing::debug_span!(
         "stream",
         transport = "sse",
-        %topic,
+        topic = %topics.join(","),
         peer = peer(&parts.extensions).map(tracing::field::display),
     );
     // EventSource sends the header when it reconnects; the query parameter lets a page
@@ -81,9 +81,9 @@ fn sse_response(
         .and_then(|id| id.to_str().ok())
         .map(str::to_owned)
         .or_else(|| query_param(parts, "lastEventId"));
-    let (subscription, resume) = config.subscribe(&topic, last_event_id.as_deref());
-    span.in_scope(|| tracing::debug!(?resume, "stream opened"));
-    let body = SseBody::new(subscription, resume, config, span);
+    let opened = config.open(&topics, last_event_id.as_deref());
+    span.in_scope(|| tracing::debug!(lost = opened.lost.len(), "stream opened"));
+    let body = SseBody::new(opened, config, span);
     let mut response = Response::new(Prepared::Sse(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

@@ -289,3 +289,130 @@ async fn an_event_is_let_go_once_every_subscriber_has_read_it() {
     drop(second);
     assert_eq!(Arc::strong_count(&c), 1);
 }
+
+/// The next thing `subscriber` receives, as text: `topic data`, `topic lagged N`, or
+/// `topic closed`.
+async fn next(subscriber: &mut tower_fanout::Subscriber) -> String {
+    use tower_fanout::hub::Received;
+    let received = timeout(WAIT, subscriber.recv())
+        .await
+        .expect("in time")
+        .expect("the set is not empty");
+    match received {
+        Received::Event { topic, event } => format!("{topic} {}", data(&event)),
+        Received::Lagged { topic, missed } => format!("{topic} lagged {missed}"),
+        Received::Closed { topic, .. } => format!("{topic} closed"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_receives_each_topic_in_order_and_follows_its_set() {
+    let hub = Hub::builder().history(8).build();
+    let mut subscriber = hub.subscriber();
+    assert!(subscriber.subscribe("a"));
+    assert!(subscriber.subscribe("b"));
+    assert!(!subscriber.subscribe("a"), "already in the set");
+    for i in 0..3 {
+        hub.broadcast("a", format!("a{i}"));
+        hub.broadcast("b", format!("b{i}"));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(next(&mut subscriber).await);
+    }
+    let of = |topic: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|s| s.starts_with(topic))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("a "), ["a a0", "a a1", "a a2"]);
+    assert_eq!(of("b "), ["b b0", "b b1", "b b2"]);
+
+    // Out of the set: nothing more of it. Back in, from where it was left.
+    let last_b = hub.subscribe("b");
+    assert!(subscriber.unsubscribe("b"));
+    hub.broadcast("b", "b3");
+    hub.broadcast("a", "a3");
+    assert_eq!(next(&mut subscriber).await, "a a3");
+    drop(last_b);
+    let mut probe = hub.subscribe("b");
+    hub.broadcast("b", "b4");
+    let id = probe
+        .recv()
+        .await
+        .expect("b4")
+        .event_id()
+        .expect("an id")
+        .to_owned();
+    hub.broadcast("b", "b5");
+    assert_eq!(
+        subscriber.resume("b", &id),
+        Some(tower_fanout::Resume::Complete)
+    );
+    assert_eq!(next(&mut subscriber).await, "b b5");
+    assert_eq!(subscriber.topics().collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_busy_topic_does_not_starve_a_quiet_one() {
+    let hub = Hub::builder().buffer(20_000).build();
+    let mut subscriber = hub.subscriber();
+    subscriber.subscribe("busy");
+    subscriber.subscribe("quiet");
+    for i in 0..10_000 {
+        hub.broadcast("busy", i.to_string());
+    }
+    hub.broadcast("quiet", "news");
+    // The quiet topic's turn comes after one turn of the busy one, not 10 000 events.
+    let mut before = 0;
+    while next(&mut subscriber).await != "quiet news" {
+        before += 1;
+        assert!(before < 100, "the quiet topic waited behind the busy one");
+    }
+}
+
+#[tokio::test]
+async fn lag_is_per_topic() {
+    let hub = Hub::builder().buffer(4).build();
+    let mut subscriber = hub.subscriber();
+    subscriber.subscribe("fast");
+    subscriber.subscribe("flood");
+    for i in 0..10 {
+        hub.broadcast("flood", i.to_string());
+    }
+    hub.broadcast("fast", "one");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(next(&mut subscriber).await);
+    }
+    assert!(seen.contains(&"flood lagged 6".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"fast one".to_owned()), "{seen:?}");
+    let flood: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.starts_with("flood ") && !s.contains("lagged"))
+        .collect();
+    assert_eq!(
+        flood,
+        ["flood 6", "flood 7", "flood 8", "flood 9"],
+        "{seen:?}"
+    );
+
+    // Under Disconnect, the lagging topic leaves the set; the others stay.
+    let hub = Hub::builder()
+        .buffer(2)
+        .lag_policy(LagPolicy::Disconnect)
+        .build();
+    let mut subscriber = hub.subscriber();
+    subscriber.subscribe("fast");
+    subscriber.subscribe("flood");
+    for i in 0..5 {
+        hub.broadcast("flood", i.to_string());
+    }
+    assert_eq!(next(&mut subscriber).await, "flood closed");
+    assert_eq!(subscriber.topics().collect::<Vec<_>>(), ["fast"]);
+    hub.broadcast("fast", "still");
+    assert_eq!(next(&mut subscriber).await, "fast still");
+    assert_eq!(hub.stats().lag_disconnects, 1);
+}

@@ -142,6 +142,22 @@ impl ChannelState {
         }
     }
 
+    /// Where a subscriber that has seen nothing of the topic, but wants all of it since
+    /// the channel began, resumes: at the oldest event retained; and whether events of
+    /// the channel were dropped before it.
+    pub(super) fn start_cursor(&self) -> (u64, bool) {
+        let oldest = self.oldest();
+        (oldest, !self.keeps_history() || oldest > 0)
+    }
+
+    /// The id of the event just before `cursor`, if still held.
+    pub(super) fn id_before(&self, cursor: u64) -> Option<String> {
+        let index = cursor.checked_sub(self.oldest())?.checked_sub(1)?;
+        self.ring
+            .get(index as usize)
+            .and_then(|slot| slot.event.event_id().map(str::to_owned))
+    }
+
     /// Sequence number of the oldest event still in the ring.
     fn oldest(&self) -> u64 {
         self.next_seq - self.ring.len() as u64

@@ -33,6 +33,7 @@
 //! ```
 
 mod channel;
+mod subscriber;
 mod subscription;
 
 use std::collections::VecDeque;
@@ -45,6 +46,8 @@ use std::task::Waker;
 use hashbrown::HashTable;
 
 use self::channel::{Channel, ChannelState, Retention};
+pub(crate) use self::subscriber::{Item, Joined, Since};
+pub use self::subscriber::{Received, Subscriber};
 pub use self::subscription::{Lagged, RecvError, Subscription};
 use crate::Event;
 use crate::backplane::{Backplane, Remote};
@@ -361,6 +364,12 @@ impl Hub {
             .0
     }
 
+    /// A subscriber over a set of topics that may change while it is in use, empty to
+    /// begin with: see [`Subscriber`].
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber::new(self.clone())
+    }
+
     /// Subscribes to `topic` starting right after the event with id `last_event_id`: the
     /// retained events after it come first, then live ones, with no gap and no duplicate
     /// however broadcasts race the call. When events after it are no longer retained, the
@@ -380,8 +389,26 @@ impl Hub {
         })
     }
 
+    /// Subscribes to `topic` from the oldest event it retains: for a stream that has seen
+    /// nothing of it yet. `EventsLost` when events of it were dropped before those.
+    pub(crate) fn resume_from_start(&self, topic: &str) -> (Subscription, Resume) {
+        self.attach(topic, |channel| {
+            let (cursor, lost) = channel.start_cursor();
+            (
+                cursor,
+                if lost {
+                    Resume::EventsLost
+                } else {
+                    Resume::Complete
+                },
+            )
+        })
+    }
+
     /// Ends every current subscription of `topic` ([`CloseReason::Disconnected`]): their
-    /// connections close, and later subscriptions are not affected. The topic keeps its
+    /// connections close, a connection holding other topics as well included (its
+    /// client resumes all of them when it reconnects), and later subscriptions are not
+    /// affected. The topic keeps its
     /// history. Returns how many subscriptions were ended, not counting those that had
     /// ended already.
     pub fn disconnect(&self, topic: &str) -> usize {

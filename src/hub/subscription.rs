@@ -97,6 +97,12 @@ impl Subscription {
         &self.channel.topic
     }
 
+    /// The id of the event just before this subscription's next one, if the topic still
+    /// holds it: where a stream that has read nothing of the topic stands in it.
+    pub(crate) fn last_id(&self) -> Option<String> {
+        lock(&self.channel.state).id_before(self.cursor)
+    }
+
     /// Why the subscription ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.closed

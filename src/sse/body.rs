@@ -1,13 +1,17 @@
-//! The body of a Server-Sent-Events response: a subscription's pre-encoded events, with a
-//! comment whenever the stream has been quiet for the keep-alive interval.
+//! The body of a Server-Sent-Events response: the pre-encoded events of a stream's
+//! topics, with a comment whenever the stream has been quiet for the keep-alive interval.
 //!
 //! The server polls the body whenever the connection's task wakes, several times per
 //! event; the body goes to the hub only when the hub has signalled, and to the timer
 //! only when it is due.
+//!
+//! A stream of one topic sends each event as its shared encoding. A stream of several
+//! sends the same bytes followed by a second `id:` line, the stream's [cursor](crate::cursor)
+//! (a later `id:` wins), so that `Last-Event-ID` resumes every topic; the shared
+//! encoding is still not copied for a large event.
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,59 +19,84 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Opened};
+use crate::cursor::Positions;
+use crate::hub::{Item, Subscriber};
 use crate::outgoing::SHARE_FROM;
 use crate::wake::{Alarm, Signal};
-use crate::{Event, RecvError, Resume, Subscription};
+use crate::{CloseReason, Event};
 
-/// Events gathered into one frame at most.
+/// Items taken from the subscriber at once.
 const BATCH: usize = 64;
 
 /// A comment line, which every client ignores: it keeps idle connections alive through
 /// proxies that cut quiet streams.
 const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
 
-/// Tells a resuming client that events it missed are no longer retained: an event of
-/// type `lost`, which `EventSource` dispatches to `addEventListener("lost", ..)`.
+/// Tells a resuming client of one topic that events it missed are no longer retained:
+/// an event of type `lost`, which `EventSource` dispatches to
+/// `addEventListener("lost", ..)`.
 const LOST: &str = "event: lost\ndata: \n\n";
 
 pub(crate) struct SseBody {
-    subscription: Subscription,
-    /// Sent before any event: the `retry:` hint and a comment, so the stream opens at once.
+    subscriber: Subscriber,
+    /// For a stream of several topics, where it stands in each; `None` for one topic.
+    positions: Option<Positions>,
+    /// Sent before any event: the `retry:` hint and a comment, so the stream opens at once,
+    /// then what was lost.
     opening: Option<Bytes>,
+    /// The end of an event sent from its shared encoding: the stream's cursor.
+    suffix: Option<Bytes>,
+    /// A topic's subscription ended: the stream ends once what came before is sent.
+    ended: Option<CloseReason>,
     keep_alive: Duration,
     /// When the last frame went out.
     last_sent: Instant,
     /// Rings when the stream may have been quiet for `keep_alive`.
     quiet: Alarm,
-    /// Raised when the subscription may have events.
+    /// Raised when the subscriber may have events.
     events: Signal,
     span: tracing::Span,
-    /// Events taken from the subscription and not yet sent: those from `next` on.
-    batch: Vec<Arc<Event>>,
+    /// Items taken from the subscriber and not yet sent: those from `next` on.
+    batch: Vec<Item>,
     next: usize,
 }
 
 impl SseBody {
-    pub(crate) fn new(
-        subscription: Subscription,
-        resume: Resume,
-        config: &Config,
-        span: tracing::Span,
-    ) -> Self {
+    pub(crate) fn new(opened: Opened, config: &Config, span: tracing::Span) -> Self {
+        let Opened {
+            subscriber,
+            lost,
+            positions,
+        } = opened;
+        let several = subscriber.len() > 1;
         let mut opening = String::from(":ok\n");
         if let Some(retry) = config.retry {
             opening.push_str(&format!("retry: {}\n", retry.as_millis()));
         }
         opening.push('\n');
-        if resume == Resume::EventsLost {
-            opening.push_str(LOST);
+        let mut opening = BytesMut::from(opening.as_bytes());
+        for key in lost {
+            if several {
+                // The topic in the data; a topic with a line break spans data lines.
+                let notice = Event::new(subscriber.topic(key).to_owned())
+                    .event("lost")
+                    .map(|event| event.to_sse());
+                if let Ok(notice) = notice {
+                    opening.extend_from_slice(&notice);
+                }
+            } else {
+                opening.extend_from_slice(LOST.as_bytes());
+            }
         }
         let keep_alive = config.keep_alive;
         let now = Instant::now();
         Self {
-            subscription,
-            opening: Some(Bytes::from(opening)),
+            subscriber,
+            positions: several.then_some(positions),
+            opening: Some(opening.freeze()),
+            suffix: None,
+            ended: None,
             keep_alive,
             last_sent: now,
             quiet: Alarm::new(now + keep_alive),
@@ -98,6 +127,69 @@ impl SseBody {
         }
         false
     }
+
+    /// The next frame of the batch. An event alone, or a large one, goes out as its
+    /// shared encoding, without a copy; a run of small events is gathered into one frame,
+    /// one chunk for the server to write.
+    fn next_frame(&mut self) -> Bytes {
+        let mut run = BytesMut::new();
+        while let Some(item) = self.batch.get(self.next) {
+            match item {
+                Item::Event(key, event) => {
+                    let encoded = event.sse_bytes();
+                    let large = encoded.len() >= SHARE_FROM;
+                    if large && !run.is_empty() {
+                        // In a frame of its own, the next one.
+                        break;
+                    }
+                    let cursor = self
+                        .positions
+                        .as_mut()
+                        .and_then(|positions| positions.advance(*key, event.event_id()));
+                    let suffix = cursor.map(|cursor| format!("id: {cursor}\n\n"));
+                    if run.is_empty() && (large || self.next + 1 == self.batch.len()) {
+                        self.next += 1;
+                        let frame = match suffix {
+                            // Without its blank line, which the suffix ends with.
+                            Some(suffix) => {
+                                self.suffix = Some(Bytes::from(suffix));
+                                encoded.slice(..encoded.len() - 1)
+                            }
+                            None => encoded.clone(),
+                        };
+                        if self.next == self.batch.len() {
+                            self.batch.clear();
+                            self.next = 0;
+                        }
+                        return frame;
+                    }
+                    match suffix {
+                        Some(suffix) => {
+                            run.extend_from_slice(&encoded[..encoded.len() - 1]);
+                            run.extend_from_slice(suffix.as_bytes());
+                        }
+                        None => run.extend_from_slice(encoded),
+                    }
+                }
+                Item::Lagged(_, missed) => {
+                    self.span
+                        .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
+                    run.extend_from_slice(format!(": missed {missed} events\n\n").as_bytes());
+                }
+                Item::Closed(_, reason) => {
+                    self.ended = Some(*reason);
+                    self.next = self.batch.len();
+                    break;
+                }
+            }
+            self.next += 1;
+        }
+        if self.next == self.batch.len() {
+            self.batch.clear();
+            self.next = 0;
+        }
+        run.freeze()
+    }
 }
 
 impl Body for SseBody {
@@ -112,73 +204,39 @@ impl Body for SseBody {
         if let Some(opening) = this.opening.take() {
             return this.sent(opening);
         }
-        if this.next < this.batch.len() {
-            let data = this.next_frame();
-            return this.sent(data);
+        if let Some(suffix) = this.suffix.take() {
+            return this.sent(suffix);
         }
-        if this.events.take(cx.waker()) {
-            let mut events_cx = Context::from_waker(this.events.waker());
-            match this
-                .subscription
-                .poll_batch(&mut events_cx, &mut this.batch, BATCH)
-            {
-                Poll::Ready(Ok((_, caught_up))) => {
-                    if !caught_up {
-                        this.events.raise();
-                    }
-                    let data = this.next_frame();
+        loop {
+            if this.next < this.batch.len() {
+                let data = this.next_frame();
+                if !data.is_empty() {
                     return this.sent(data);
                 }
-                Poll::Ready(Err(RecvError::Lagged(missed))) => {
-                    this.events.raise();
-                    this.span
-                        .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
-                    return this.sent(Bytes::from(format!(": missed {missed} events\n\n")));
-                }
-                Poll::Ready(Err(RecvError::Closed(reason))) => {
-                    this.span
-                        .in_scope(|| tracing::debug!(%reason, "stream ended by the server"));
-                    return Poll::Ready(None);
-                }
-                // The hub holds the signal's waker.
-                Poll::Pending => {}
+            }
+            if let Some(reason) = this.ended {
+                this.span
+                    .in_scope(|| tracing::debug!(%reason, "stream ended by the server"));
+                return Poll::Ready(None);
+            }
+            if !this.events.take(cx.waker()) {
+                break;
+            }
+            let mut events_cx = Context::from_waker(this.events.waker());
+            match this
+                .subscriber
+                .poll_batch(&mut events_cx, &mut this.batch, BATCH)
+            {
+                // There may be more: look again on the next poll.
+                Poll::Ready(()) => this.events.raise(),
+                // The subscriber holds the signal's waker.
+                Poll::Pending => break,
             }
         }
         if this.poll_quiet(cx) {
             return this.sent(KEEP_ALIVE);
         }
         Poll::Pending
-    }
-}
-
-impl SseBody {
-    /// The next frame of the batch. An event alone, or a large one, goes out as its
-    /// shared encoding, without a copy; a run of small events is gathered into one
-    /// frame, one chunk for the server to write.
-    fn next_frame(&mut self) -> Bytes {
-        let pending = &self.batch[self.next..];
-        let small = pending
-            .iter()
-            .take_while(|event| event.sse_bytes().len() < SHARE_FROM)
-            .count();
-        let data = if small <= 1 {
-            self.next += 1;
-            pending[0].to_sse()
-        } else {
-            let run = &pending[..small];
-            let len = run.iter().map(|event| event.sse_bytes().len()).sum();
-            let mut data = BytesMut::with_capacity(len);
-            for event in run {
-                data.extend_from_slice(event.sse_bytes());
-            }
-            self.next += small;
-            data.freeze()
-        };
-        if self.next == self.batch.len() {
-            self.batch.clear();
-            self.next = 0;
-        }
-        data
     }
 }
 

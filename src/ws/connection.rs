@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::Extensions;
+use http::StatusCode;
+use http::request::Parts;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,13 +32,16 @@ use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError};
 use tracing::Instrument;
 
 use super::frame::{self, Opcode};
-use super::{Connection, DIRECT_QUEUE, Direct, Inbound, LOST};
-use crate::config::Config;
+use super::protocol::{self, Command, Refused};
+use super::{Connection, DIRECT_QUEUE, Direct, Framing, Inbound, LOST};
+use crate::config::{Config, Opened};
+use crate::cursor::Positions;
+use crate::hub::{Item, Joined, Since, Subscriber};
 use crate::outgoing::Outgoing;
 use crate::wake::{Alarm, Signal};
-use crate::{CloseReason, Event, RecvError, Resume, Subscription};
+use crate::{CloseReason, Resume};
 
-/// Events taken from the subscription at once.
+/// Items taken from the topics at once.
 const BATCH: usize = 64;
 /// Rounds of reading, gathering and writing one wake-up may do before yielding.
 const ROUNDS: usize = 16;
@@ -46,16 +50,16 @@ const READS: usize = 64;
 
 pub(super) async fn serve(
     on_upgrade: OnUpgrade,
-    subscription: Subscription,
-    resume: Resume,
+    opened: Opened,
+    framing: Framing,
     config: Arc<Config>,
-    extensions: Extensions,
+    request: Parts,
 ) {
     let span = tracing::debug_span!(
         "stream",
         transport = "websocket",
-        topic = subscription.topic(),
-        peer = crate::config::peer(&extensions).map(tracing::field::display),
+        topic = %opened.subscriber.topics().collect::<Vec<_>>().join(","),
+        peer = crate::config::peer(&request.extensions).map(tracing::field::display),
     );
     async move {
         let upgraded = match on_upgrade.await {
@@ -69,10 +73,7 @@ pub(super) async fn serve(
             }
         };
         tracing::debug!("connection opened");
-        let mut session = Session::new(TokioIo::new(upgraded), subscription, &config, &extensions);
-        if config.websocket_ids && resume == Resume::EventsLost {
-            frame::put(session.out.bytes(), Opcode::Text, &[LOST.as_bytes()]);
-        }
+        let mut session = Session::new(TokioIo::new(upgraded), opened, framing, &config, &request);
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
     }
@@ -98,14 +99,19 @@ struct Session<'a, S> {
     readable: Signal,
     /// Bytes for the client.
     out: Outgoing,
-    subscription: Subscription,
-    /// Events received and not yet encoded: those from `next` on.
-    batch: Vec<Arc<Event>>,
+    topics: Subscriber,
+    framing: Framing,
+    /// Whether the handshake named several topics: frames with ids then carry the
+    /// stream's cursor, which these positions make.
+    several: bool,
+    positions: Positions,
+    /// Items received and not yet encoded: those from `next` on.
+    batch: Vec<Item>,
     next: usize,
     /// The handle `on_message` handlers send through, and its queue; only with a handler.
     direct: Option<(Connection, mpsc::Receiver<Direct>)>,
     config: &'a Config,
-    extensions: &'a Extensions,
+    request: &'a Parts,
     next_ping: Instant,
     last_heard: Instant,
     /// Rings for the next ping, the silence deadline or the write deadline, whichever
@@ -119,9 +125,10 @@ where
 {
     fn new(
         io: S,
-        subscription: Subscription,
+        opened: Opened,
+        framing: Framing,
         config: &'a Config,
-        extensions: &'a Extensions,
+        request: &'a Parts,
     ) -> Self {
         // The library's defaults buffer 128 KiB per connection; an idle push connection
         // needs little: the read buffer is refilled 1 KiB at a time, and larger messages
@@ -136,20 +143,52 @@ where
             (Connection { direct }, queue)
         });
         let now = Instant::now();
-        Self {
+        let Opened {
+            subscriber,
+            lost,
+            positions,
+        } = opened;
+        let mut session = Self {
             io,
             protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
             readable: Signal::new(),
             out: Outgoing::default(),
-            subscription,
+            several: subscriber.len() > 1,
+            topics: subscriber,
+            framing,
+            positions,
             batch: Vec::new(),
             next: 0,
             direct,
             config,
-            extensions,
+            request,
             next_ping: now + config.ping_interval,
             last_heard: now,
             alarm: Alarm::new(now + config.ping_interval),
+        };
+        for key in lost {
+            session.put_lost(key);
+        }
+        session
+    }
+
+    /// Tells the client that events of the topic of `key` after its resume point are no
+    /// longer retained; frames of data alone carry no such notice.
+    fn put_lost(&mut self, key: usize) {
+        let topic = self.topics.topic(key);
+        match self.framing {
+            Framing::Data => {}
+            Framing::Ids if self.several => {
+                frame::put(
+                    self.out.bytes(),
+                    Opcode::Text,
+                    &[LOST.as_bytes(), b" ", topic.as_bytes()],
+                );
+            }
+            Framing::Ids => frame::put(self.out.bytes(), Opcode::Text, &[LOST.as_bytes()]),
+            Framing::Protocol => {
+                frame::put(self.out.bytes(), Opcode::Text, &[&protocol::lost(topic)]);
+            }
         }
     }
 
@@ -292,6 +331,14 @@ where
             };
             self.last_heard = Instant::now();
             match message {
+                Message::Text(text) if self.framing == Framing::Protocol => self.command(&text),
+                Message::Binary(_) if self.framing == Framing::Protocol => {
+                    self.reply_refused(&Refused::new(
+                        serde_json::Value::Null,
+                        StatusCode::BAD_REQUEST,
+                        "commands are JSON in text frames",
+                    ));
+                }
                 Message::Text(text) => self.deliver(Bytes::from(text), true)?,
                 Message::Binary(data) => self.deliver(data, false)?,
                 // The library has queued the pong; move it to `out` now.
@@ -314,16 +361,14 @@ where
     /// client that sends faster than it reads cannot fill the direct queue. A handler
     /// that panics ends its connection (1011), and only its connection.
     fn deliver(&mut self, data: Bytes, text: bool) -> Result<(), End> {
-        let (Some(handler), Some((connection, queue))) =
-            (&self.config.on_message, &mut self.direct)
-        else {
+        let (Some(handler), Some((connection, _))) = (&self.config.on_message, &self.direct) else {
             return Ok(());
         };
         let inbound = Inbound {
             data,
             text,
-            topic: self.subscription.topic(),
-            extensions: self.extensions,
+            topics: &self.topics,
+            request: self.request,
             hub: &self.config.hub,
             connection,
         };
@@ -331,36 +376,160 @@ where
             tracing::error!("the on_message handler panicked; closing its connection");
             return Err(End::Close(CloseCode::Error, "internal error"));
         }
-        while let Ok(reply) = queue.try_recv() {
-            put_direct(&mut self.out, &reply);
+        while let Some(direct) = self
+            .direct
+            .as_mut()
+            .and_then(|(_, queue)| queue.try_recv().ok())
+        {
+            self.apply(direct);
         }
         Ok(())
     }
 
-    /// Encodes events from the subscription into `out`; true unless the subscription is
-    /// known to have nothing more until it wakes the task.
-    fn take_events(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
-        let mut caught_up = false;
-        if self.next == self.batch.len() {
-            self.batch.clear();
-            self.next = 0;
-            match self.subscription.poll_batch(cx, &mut self.batch, BATCH) {
-                Poll::Pending => return Ok(false),
-                Poll::Ready(Ok((_, newest))) => caught_up = newest,
-                Poll::Ready(Err(RecvError::Lagged(missed))) => {
-                    tracing::debug!(missed, "lagged: events skipped");
-                    return Ok(true);
+    /// Carries out what came through the connection's handle: a frame, or a change of
+    /// topics the server decided on.
+    fn apply(&mut self, direct: Direct) {
+        match direct {
+            Direct::Frame { data, text } => {
+                let opcode = if text { Opcode::Text } else { Opcode::Binary };
+                frame::put_shared(&mut self.out, opcode, &[], &data);
+            }
+            Direct::Subscribe(topic) => {
+                if self.topics.len() < self.config.max_topics {
+                    self.join(&topic, Since::Now);
+                } else {
+                    tracing::warn!(%topic, "not subscribed: the connection holds max_topics");
                 }
-                Poll::Ready(Err(RecvError::Closed(reason))) => {
-                    return Err(closed_by_hub(reason));
+            }
+            Direct::Unsubscribe(topic) => {
+                self.topics.unsubscribe(&topic);
+            }
+        }
+    }
+
+    /// Adds `topic` as `since` says, telling the client when the resume is incomplete.
+    /// Returns where the stream stands in the topic.
+    fn join(&mut self, topic: &str, since: Since<'_>) -> Option<Joined> {
+        let joined = self.topics.join(topic, since)?;
+        if joined.resume == Resume::EventsLost && !matches!(since, Since::Now) {
+            self.put_lost(joined.key);
+        }
+        Some(joined)
+    }
+
+    /// Carries out a command of the protocol and replies.
+    fn command(&mut self, text: &str) {
+        match protocol::parse(text) {
+            Err(refused) => self.reply_refused(&refused),
+            Ok(Command::Subscribe { topic, since, req }) => {
+                let refused = |status, reason: String| Refused::new(req.clone(), status, reason);
+                if self.topics.contains(&topic) {
+                    return self.reply_refused(&refused(
+                        StatusCode::CONFLICT,
+                        format!("already subscribed to `{topic}`"),
+                    ));
+                }
+                if self.topics.len() >= self.config.max_topics {
+                    return self.reply_refused(&refused(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "too many topics: at most {} on one connection",
+                            self.config.max_topics
+                        ),
+                    ));
+                }
+                if let Err(rejection) = self.config.authorized(self.request, &topic) {
+                    return self.reply_refused(&refused(
+                        rejection.status(),
+                        rejection.reason().to_owned(),
+                    ));
+                }
+                let since = match since.as_deref() {
+                    None => Since::Now,
+                    Some("") => Since::Start,
+                    Some(id) => Since::After(id),
+                };
+                // The reply goes before the lost notice and the events.
+                let at = self.out.bytes().len();
+                let position = self.join(&topic, since).and_then(|joined| joined.position);
+                let reply = protocol::subscribed(&req, position.as_deref());
+                let notices = self.out.bytes().split_off(at);
+                frame::put(self.out.bytes(), Opcode::Text, &[&reply]);
+                self.out.bytes().extend_from_slice(&notices);
+            }
+            Ok(Command::Unsubscribe { topic, req }) => {
+                if self.topics.unsubscribe(&topic) {
+                    frame::put(self.out.bytes(), Opcode::Text, &[&protocol::ok(&req)]);
+                } else {
+                    self.reply_refused(&Refused::new(
+                        req,
+                        StatusCode::NOT_FOUND,
+                        format!("not subscribed to `{topic}`"),
+                    ));
                 }
             }
         }
+    }
+
+    fn reply_refused(&mut self, refused: &Refused) {
+        frame::put(self.out.bytes(), Opcode::Text, &[&protocol::error(refused)]);
+    }
+
+    /// Encodes what the topics hold into `out`; true unless they are known to have
+    /// nothing more until they wake the task.
+    fn take_events(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        if self.next == self.batch.len() {
+            self.batch.clear();
+            self.next = 0;
+            if self
+                .topics
+                .poll_batch(cx, &mut self.batch, BATCH)
+                .is_pending()
+            {
+                return Ok(false);
+            }
+        }
         while self.next < self.batch.len() && self.has_room() {
-            frame::put_event(&mut self.out, &self.batch[self.next], self.config);
+            match &self.batch[self.next] {
+                Item::Event(key, event) => {
+                    let id = match self.framing {
+                        Framing::Data | Framing::Protocol => None,
+                        Framing::Ids if self.several => {
+                            self.positions.advance(*key, event.event_id())
+                        }
+                        Framing::Ids => Some(event.event_id().unwrap_or_default().to_owned()),
+                    };
+                    match self.framing {
+                        Framing::Protocol => {
+                            let payload = event.protocol_frame(self.topics.topic(*key));
+                            frame::put_shared(&mut self.out, Opcode::Text, &[], payload);
+                        }
+                        _ => frame::put_data(
+                            &mut self.out,
+                            event,
+                            self.config.binary,
+                            id.as_deref()
+                                .or((self.framing == Framing::Ids).then_some("")),
+                        ),
+                    }
+                }
+                Item::Lagged(key, missed) => {
+                    tracing::debug!(
+                        missed,
+                        topic = self.topics.topic(*key),
+                        "lagged: events skipped"
+                    );
+                    if self.framing == Framing::Protocol {
+                        let notice = protocol::lagged(self.topics.topic(*key), *missed);
+                        frame::put(self.out.bytes(), Opcode::Text, &[&notice]);
+                    }
+                }
+                Item::Closed(_, reason) => return Err(closed_by_hub(*reason)),
+            }
             self.next += 1;
         }
-        Ok(self.next < self.batch.len() || !caught_up)
+        // The topics said they had news: there may be more.
+        Ok(true)
     }
 
     /// Encodes what was sent through the connection's handle; true when there was any.
@@ -372,7 +541,7 @@ where
             };
             match queue.poll_recv(cx) {
                 Poll::Ready(Some(direct)) => {
-                    put_direct(&mut self.out, &direct);
+                    self.apply(direct);
                     taken = true;
                 }
                 // The session holds a sender itself: the queue never ends while it runs.
@@ -389,9 +558,9 @@ where
 
     /// Closes the connection as `end` says, sending what is due within the write timeout.
     async fn finish(&mut self, end: End) {
-        // Nothing more is read from the hub: the topic is let go at once, not once the
+        // Nothing more is read from the hub: the topics are let go at once, not once the
         // last bytes have gone to a client that may not read them.
-        self.subscription.detach();
+        self.topics.detach();
         match end {
             End::Close(code, reason) => {
                 frame::put_close(self.out.bytes(), code.into(), reason);
@@ -426,15 +595,6 @@ where
     async fn drain(&mut self) {
         let _ = timeout(self.config.write_timeout, poll_fn(|cx| self.poll_flush(cx))).await;
     }
-}
-
-fn put_direct(out: &mut Outgoing, direct: &Direct) {
-    let opcode = if direct.text {
-        Opcode::Text
-    } else {
-        Opcode::Binary
-    };
-    frame::put_shared(out, opcode, &[], &direct.data);
 }
 
 /// How the connection closes when its subscription ended for `reason`.

@@ -8,7 +8,6 @@
 use bytes::Bytes;
 
 use crate::Event;
-use crate::config::Config;
 use crate::outgoing::Outgoing;
 
 /// Frame opcodes (RFC 6455, section 5.2).
@@ -57,21 +56,18 @@ fn put_header(out: &mut Vec<u8>, opcode: Opcode, len: usize) {
     }
 }
 
-/// Appends the frame that carries `event` on a connection configured by `config`: its
-/// data, after its id and a newline with `websocket_ids`; text unless binary writes are
-/// on or the data is not UTF-8.
-pub(super) fn put_event(out: &mut Outgoing, event: &Event, config: &Config) {
-    let opcode = if !config.binary && event.is_utf8() {
+/// Appends the frame that carries `event`'s data, after `id` and a line feed when given:
+/// text unless `binary` or the data is not UTF-8.
+pub(super) fn put_data(out: &mut Outgoing, event: &Event, binary: bool, id: Option<&str>) {
+    let opcode = if !binary && event.is_utf8() {
         Opcode::Text
     } else {
         Opcode::Binary
     };
-    if config.websocket_ids {
-        let id = event.event_id().unwrap_or_default();
-        // The id is UTF-8 and so is the newline: the payload is text when the data is.
-        put_shared(out, opcode, &[id.as_bytes(), b"\n"], event.data());
-    } else {
-        put_shared(out, opcode, &[], event.data());
+    match id {
+        // The id is UTF-8 and so is the line feed: the payload is text when the data is.
+        Some(id) => put_shared(out, opcode, &[id.as_bytes(), b"\n"], event.data()),
+        None => put_shared(out, opcode, &[], event.data()),
     }
 }
 

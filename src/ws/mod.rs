@@ -1,13 +1,41 @@
 //! WebSocket: the opening handshake, origin checks, and the task that serves one
-//! connection from its subscription.
+//! connection from its topics.
 //!
-//! Only an event's data goes into a frame: a text frame, or a binary frame with
-//! [`StreamLayer::binary`](crate::StreamLayer::binary) or when the data is not UTF-8.
+//! A connection holds one topic or several, named at its handshake (see
+//! [`StreamLayer::topics`](crate::StreamLayer::topics)). What its frames carry depends on
+//! what the client asked for:
+//!
+//! - By default only an event's data goes into a frame: a text frame, or a binary frame
+//!   with [`StreamLayer::binary`](crate::StreamLayer::binary) or when the data is not
+//!   UTF-8.
+//! - With [`StreamLayer::websocket_ids`](crate::StreamLayer::websocket_ids), a frame is
+//!   the event's id, a line feed and the data; a connection of several topics gives the
+//!   stream's cursor instead of the event's id, which names the event's topic and resumes
+//!   them all (`?since=`).
+//! - A client that offers the protocol below in `Sec-WebSocket-Protocol` speaks it.
+//!
+//! # The protocol
+//!
+//! `fanout.v1`, negotiated with `Sec-WebSocket-Protocol: fanout.v1`. Every frame is a
+//! JSON object in a text frame. The server sends events
+//! (`{"type":"event","topic":"a","id":"…","event":"…","data":"…"}`, with `data_base64`
+//! for data that is not UTF-8), `lost` and `lagged` notices per topic, and a reply to
+//! each command. The client sends `{"type":"subscribe","topic":"a","since":"ID","req":1}`
+//! and `{"type":"unsubscribe","topic":"a","req":2}`; the reply is
+//! `{"type":"ok","req":1}` or `{"type":"error","req":1,"status":403,"reason":"…"}`. A
+//! subscribe asks the [authorization hook](crate::StreamLayer::authorize); a refusal is
+//! an error reply and the connection stays open. The connection may open with no topic
+//! and subscribe later. `PROTOCOL.md` at the root of the repository is the whole
+//! specification, for client authors; `client/fanout.js` is a browser client.
+//!
+//! `hub.disconnect(topic)` closes every connection that holds the topic, whatever else it
+//! holds: its client reconnects and resumes all of them.
 
 mod connection;
 mod frame;
 mod handshake;
 mod origin;
+pub(crate) mod protocol;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,11 +48,20 @@ use tokio::sync::mpsc;
 
 use crate::body::Prepared;
 use crate::config::{Config, query_param};
+use crate::hub::Subscriber;
 use crate::{Hub, Rejection};
 
-/// Frames another part of the program may queue for one connection before
+/// Frames and commands another part of the program may queue for one connection before
 /// [`Connection::send`] refuses.
 const DIRECT_QUEUE: usize = 64;
+
+/// What a connection's frames carry: see [the module](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Data,
+    Ids,
+    Protocol,
+}
 
 /// Validates the handshake, subscribes, and answers 101; the connection itself is served
 /// by a task that starts when the server hands over the upgraded socket.
@@ -41,7 +78,15 @@ pub(crate) fn accept(
     if !origin::allowed(&config.origins, &parts.headers, host) {
         return Err(Rejection::new(StatusCode::FORBIDDEN, "origin not allowed"));
     }
-    let topic = (config.topic)(&parts)?;
+    let framing = if protocol::offered(&parts.headers) {
+        Framing::Protocol
+    } else if config.websocket_ids {
+        Framing::Ids
+    } else {
+        Framing::Data
+    };
+    // A client of the protocol may subscribe later.
+    let topics = config.topics(&parts, framing == Framing::Protocol)?;
     let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
         Rejection::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,13 +96,13 @@ pub(crate) fn accept(
     })?;
     // Subscribed before answering, so nothing broadcast after the 101 is missed.
     let since = query_param(&parts, "since");
-    let (subscription, resume) = config.subscribe(&topic, since.as_deref());
+    let opened = config.open(&topics, since.as_deref());
     tokio::spawn(connection::serve(
         on_upgrade,
-        subscription,
-        resume,
+        opened,
+        framing,
         Arc::clone(config),
-        parts.extensions,
+        parts,
     ));
 
     let mut response = Response::new(Prepared::Full(None));
@@ -66,25 +111,33 @@ pub(crate) fn accept(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if framing == Framing::Protocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::NAME),
+        );
+    }
     Ok(response)
 }
 
-/// What a resumed connection with ids receives first when events were lost.
+/// What a resumed connection with ids of one topic receives first when events were lost;
+/// a connection of several topics gets `\nlost TOPIC` for each.
 pub(crate) const LOST: &str = "\nlost";
 
-/// A message queued with [`Connection::send`] and its kin.
+/// A frame or a change of topics queued through a [`Connection`].
 #[derive(Debug)]
-pub(crate) struct Direct {
-    data: Bytes,
-    text: bool,
+pub(crate) enum Direct {
+    Frame { data: Bytes, text: bool },
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 /// A message a WebSocket client sent, with what an `on_message` handler needs to act.
 pub struct Inbound<'a> {
     data: Bytes,
     text: bool,
-    topic: &'a str,
-    extensions: &'a Extensions,
+    topics: &'a Subscriber,
+    request: &'a Parts,
     hub: &'a Hub,
     connection: &'a Connection,
 }
@@ -104,15 +157,27 @@ impl<'a> Inbound<'a> {
         }
     }
 
-    /// The topic the connection is subscribed to.
+    /// The first topic the connection holds (the first of its handshake, unless it has
+    /// left it); empty when it holds none.
     pub fn topic(&self) -> &'a str {
-        self.topic
+        self.topics.topics().next().unwrap_or_default()
+    }
+
+    /// Every topic the connection holds now. Changes queued with
+    /// [`Connection::subscribe`] take effect once the handler returns.
+    pub fn topics(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.topics.topics()
     }
 
     /// The extensions of the upgrade request, as layers in front of the stream layer left
     /// them (an authenticated user, for example).
     pub fn extensions(&self) -> &'a Extensions {
-        self.extensions
+        &self.request.extensions
+    }
+
+    /// The head of the upgrade request.
+    pub fn request(&self) -> &'a Parts {
+        self.request
     }
 
     /// The hub, to broadcast in reply.
@@ -120,7 +185,8 @@ impl<'a> Inbound<'a> {
         self.hub
     }
 
-    /// A handle that sends to this one connection; clone it to keep it.
+    /// A handle that sends to this one connection, and changes its topics; clone it to
+    /// keep it.
     pub fn connection(&self) -> &'a Connection {
         self.connection
     }
@@ -131,12 +197,12 @@ impl fmt::Debug for Inbound<'_> {
         f.debug_struct("Inbound")
             .field("data", &self.data)
             .field("text", &self.text)
-            .field("topic", &self.topic)
+            .field("topics", &self.topics)
             .finish_non_exhaustive()
     }
 }
 
-/// Sends to one WebSocket connection, outside of any topic.
+/// Sends to one WebSocket connection outside of any topic, and changes its topics.
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub(crate) direct: mpsc::Sender<Direct>,
@@ -169,17 +235,17 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`SendError::Full`] when 64 frames already wait, [`SendError::Closed`] when the
-    /// connection has ended.
+    /// [`SendError::Full`] when 64 frames and changes already wait, [`SendError::Closed`]
+    /// when the connection has ended.
     pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
         let data = data.into();
         let text = std::str::from_utf8(&data).is_ok();
-        self.queue(Direct { data, text })
+        self.queue(Direct::Frame { data, text })
     }
 
     /// Queues a text frame; never waits. Errors as [`send`](Self::send).
     pub fn send_text(&self, text: impl Into<String>) -> Result<(), SendError> {
-        self.queue(Direct {
+        self.queue(Direct::Frame {
             data: text.into().into(),
             text: true,
         })
@@ -187,10 +253,24 @@ impl Connection {
 
     /// Queues a binary frame; never waits. Errors as [`send`](Self::send).
     pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.queue(Direct {
+        self.queue(Direct::Frame {
             data: data.into(),
             text: false,
         })
+    }
+
+    /// Adds `topic` to the connection's topics, from its next event on; nothing changes
+    /// when the connection holds it already, or holds
+    /// [`max_topics`](crate::StreamLayer::max_topics). The server's own decision: the
+    /// authorization hook is not asked. Never waits; errors as [`send`](Self::send).
+    pub fn subscribe(&self, topic: impl Into<String>) -> Result<(), SendError> {
+        self.queue(Direct::Subscribe(topic.into()))
+    }
+
+    /// Removes `topic` from the connection's topics. Never waits; errors as
+    /// [`send`](Self::send).
+    pub fn unsubscribe(&self, topic: impl Into<String>) -> Result<(), SendError> {
+        self.queue(Direct::Unsubscribe(topic.into()))
     }
 
     fn queue(&self, message: Direct) -> Result<(), SendError> {
