@@ -9,10 +9,14 @@
 //! - `GET /`: a page that subscribes to a topic by WebSocket and by EventSource and shows
 //!   what arrives;
 //! - `GET /events/{topic}`: the stream endpoint, WebSocket or SSE by the request's headers;
+//! - `GET /events?topic=a&topic=b`: one stream of several topics (SSE, raw WebSocket, or
+//!   the `fanout.v1` protocol, whose clients may also name none and subscribe later);
+//! - `GET /fanout.js`: the browser client of the protocol (`client/fanout.js`);
 //! - `POST /publish/{topic}?event=TYPE`: broadcasts the body; answers with the number of
 //!   local subscribers reached;
-//! - `POST /disconnect/{topic}`: ends the topic's streams (they resume when they
-//!   reconnect); answers with the number ended.
+//! - `POST /disconnect/{topic}`: ends the topic's streams, and every connection that
+//!   holds the topic among others (they resume when they reconnect); answers with the
+//!   number ended.
 //!
 //! The hub keeps 256 events per topic, so a reconnecting client gets what it missed:
 //! `EventSource` resumes by itself, and the page's WebSocket, whose frames carry
@@ -49,6 +53,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 const PAGE: &str = include_str!("hyper_server.html");
+const CLIENT: &str = include_str!("../client/fanout.js");
 /// The largest body `POST /publish` accepts.
 const MAX_PUBLISH: usize = 64 * 1024;
 
@@ -60,17 +65,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 256 events per topic are kept, so a client that reconnects gets what it missed.
     let hub = backplane(Hub::builder().history(256))?.build();
     let app = StreamLayer::new(hub.clone())
-        .path("/events/")
         .websocket_ids(true)
         .retry(Duration::from_secs(1))
-        .topic(|parts| {
-            parts
+        .topics(|parts| match parts.uri.path() {
+            // Several topics, or none for a client of the protocol that subscribes later.
+            "/events" => Ok(parts
                 .uri
-                .path()
+                .query()
+                .map(|query| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .filter(|(key, _)| key == "topic")
+                        .map(|(_, topic)| topic.into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()),
+            path => path
                 .strip_prefix("/events/")
                 .filter(|topic| !topic.is_empty() && !topic.contains('/'))
-                .map(str::to_owned)
-                .ok_or_else(|| Rejection::new(StatusCode::NOT_FOUND, "use /events/{topic}"))
+                .map(|topic| vec![topic.to_owned()])
+                .ok_or_else(|| {
+                    Rejection::new(
+                        StatusCode::NOT_FOUND,
+                        "streams are at /events/{topic} and /events?topic=a&topic=b",
+                    )
+                }),
         })
         .layer(App { hub });
 
@@ -132,14 +150,8 @@ impl Service<Request<Incoming>> for App {
 async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
-        (&Method::GET, "/") => {
-            let mut response = text(StatusCode::OK, PAGE);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            response
-        }
+        (&Method::GET, "/") => typed(PAGE, "text/html; charset=utf-8"),
+        (&Method::GET, "/fanout.js") => typed(CLIENT, "text/javascript; charset=utf-8"),
         (&Method::POST, path) if path.starts_with("/publish/") => {
             let topic = path.trim_start_matches("/publish/").to_owned();
             // Decoded as a browser encodes it: `?event=a%20b` is the type `a b`.
@@ -173,6 +185,15 @@ async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn typed(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

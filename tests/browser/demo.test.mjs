@@ -66,14 +66,8 @@ async function waitForBoth(page, expected) {
   assert.deepEqual(seen.sse, expected, "EventSource list");
 }
 
-test("the demo page shows every event once, in order, across a reconnect", async (t) => {
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
-  const { server, listening } = startServer(port);
-  t.after(() => server.kill());
-  await listening;
-
-  const browser = await chromium.launch({
+function launch() {
+  return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [
       "--no-sandbox",
@@ -85,6 +79,16 @@ test("the demo page shows every event once, in order, across a reconnect", async
       "--disable-sync",
     ],
   });
+}
+
+test("the demo page shows every event once, in order, across a reconnect", async (t) => {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const { server, listening } = startServer(port);
+  t.after(() => server.kill());
+  await listening;
+
+  const browser = await launch();
   t.after(() => browser.close());
   const page = await browser.newPage();
   await page.goto(`${base}/`);
@@ -111,6 +115,87 @@ test("the demo page shows every event once, in order, across a reconnect", async
 
   mkdirSync(`${root}target/browser`, { recursive: true });
   const screenshot = `${root}target/browser/demo.png`;
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`screenshot: ${screenshot}`);
+});
+
+test("one EventSource and one WebSocket carry several topics, resumed whole after a drop", async (t) => {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const { server, listening } = startServer(port);
+  t.after(() => server.kill());
+  await listening;
+  const browser = await launch();
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(`${base}/`);
+  await page.waitForFunction(() => window.multiOpens?.ws >= 1 && window.multiOpens?.sse >= 1, null, { timeout: WAIT });
+  await page.evaluate(() => window.multiReady);
+
+  const post = async (path, body) => {
+    const response = await fetch(`${base}${path}`, { method: "POST", body });
+    assert.equal(response.status, 200, path);
+    return Number((await response.text()).trim());
+  };
+  const lists = () =>
+    page.evaluate(() => {
+      const of = (id) => [...(document.getElementById(id)?.querySelectorAll("li") ?? [])].map((li) => li.textContent);
+      const out = {};
+      for (const transport of ["ws", "sse"]) {
+        for (const topic of ["alpha", "beta", "gamma", "delta"]) out[`${transport} ${topic}`] = of(`multi-${transport}-${topic}`);
+      }
+      return out;
+    });
+  const waitFor = async (expected) => {
+    await page
+      .waitForFunction(
+        (expected) =>
+          Object.entries(expected).every(
+            ([key, items]) => (document.getElementById(`multi-${key.replace(" ", "-")}`)?.children.length ?? 0) >= items.length,
+          ),
+        expected,
+        { timeout: WAIT },
+      )
+      .catch(() => {});
+    const seen = await lists();
+    for (const [key, items] of Object.entries(expected)) assert.deepEqual(seen[key], items, key);
+  };
+
+  for (const topic of ["alpha", "beta", "gamma"]) {
+    assert.equal(await post(`/publish/${topic}`, `${topic} 1`), 2, `both streams hold ${topic}`);
+  }
+  // At runtime: one more topic for the WebSocket, and one less.
+  await page.evaluate(() => window.fanout.subscribe("delta"));
+  assert.equal(await post("/publish/delta", "delta 1"), 1);
+  await page.evaluate(() => window.fanout.unsubscribe("beta"));
+  assert.equal(await post("/publish/beta", "beta 2"), 1, "only the EventSource holds beta now");
+  await waitFor({
+    "ws alpha": ["alpha 1"], "ws beta": ["beta 1"], "ws gamma": ["gamma 1"], "ws delta": ["delta 1"],
+    "sse alpha": ["alpha 1"], "sse beta": ["beta 1", "beta 2"], "sse gamma": ["gamma 1"],
+  });
+
+  // The server drops both connections (both hold alpha); events go on while they are away.
+  assert.equal(await post("/disconnect/alpha"), 2);
+  await post("/publish/alpha", "alpha 2");
+  await post("/publish/gamma", "gamma 2");
+  await post("/publish/delta", "delta 2");
+  await post("/publish/beta", "beta 3");
+  await page.waitForFunction(() => window.multiOpens.ws >= 2 && window.multiOpens.sse >= 2, null, { timeout: WAIT });
+  // Resubscribed (the WebSocket) and resumed (both) before the next live events.
+  await page.waitForFunction(() => window.fanout.pending.size === 0, null, { timeout: WAIT });
+  for (const topic of ["alpha", "gamma", "delta"]) await post(`/publish/${topic}`, `${topic} 3`);
+
+  await waitFor({
+    "ws alpha": ["alpha 1", "alpha 2", "alpha 3"],
+    "ws beta": ["beta 1"],
+    "ws gamma": ["gamma 1", "gamma 2", "gamma 3"],
+    "ws delta": ["delta 1", "delta 2", "delta 3"],
+    "sse alpha": ["alpha 1", "alpha 2", "alpha 3"],
+    "sse beta": ["beta 1", "beta 2", "beta 3"],
+    "sse gamma": ["gamma 1", "gamma 2", "gamma 3"],
+  });
+  mkdirSync(`${root}target/browser`, { recursive: true });
+  const screenshot = `${root}target/browser/topics.png`;
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
 });
