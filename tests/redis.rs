@@ -492,3 +492,38 @@ async fn the_backplane_lets_go_of_redis_when_its_hub_is_dropped() {
     }
     assert!(!backplane.stats().connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_subscribe_on_one_node_receives_what_another_publishes() {
+    use serde_json::json;
+
+    let redis = Redis::start(None);
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    wait_until("A connected", || a.backplane.stats().connected).await;
+    // A client of the protocol on B, with no topic until it subscribes.
+    let mut client = common::protocol_client(b.addr, "", &[]).await;
+    wait_listening(&b, 0).await;
+    common::send(
+        &mut client,
+        json!({"type": "subscribe", "topic": "room", "req": 1}),
+    )
+    .await;
+    assert_eq!(common::next_json(&mut client).await["type"], "ok");
+    wait_listening(&b, 1).await;
+
+    a.hub.broadcast("room", "from A");
+    let event = common::next_json(&mut client).await;
+    assert_eq!(
+        (event["topic"].as_str(), event["data"].as_str()),
+        (Some("room"), Some("from A"))
+    );
+
+    // Its unsubscribe takes the node's interest in Redis with it.
+    common::send(
+        &mut client,
+        json!({"type": "unsubscribe", "topic": "room", "req": 2}),
+    )
+    .await;
+    assert_eq!(common::next_json(&mut client).await["type"], "ok");
+    wait_listening(&b, 0).await;
+}

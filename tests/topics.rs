@@ -9,16 +9,16 @@ use std::task::{Context, Poll};
 
 use futures_util::SinkExt;
 use http::{Request, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower_fanout::{Event, Hub, Rejection, StreamLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use common::{
-    Inner, SseClient, WAIT, Ws, next_text, raw_request, serve_hyper, wait_until, ws_connect,
+    Inner, SseClient, WAIT, next_json, next_text, protocol_client, raw_request, send, serve_hyper,
+    wait_until, ws_connect,
 };
 
 /// A user, as an authentication layer in front of the stream layer leaves it.
@@ -71,47 +71,6 @@ fn authorize(parts: &http::request::Parts, topic: &str) -> Result<(), Rejection>
 
 async fn serve(layer: StreamLayer) -> std::net::SocketAddr {
     serve_hyper(Authenticate(layer.layer(Inner))).await
-}
-
-/// A WebSocket client that offers the protocol, with extra headers.
-async fn protocol_client(addr: std::net::SocketAddr, query: &str, headers: &[(&str, &str)]) -> Ws {
-    let mut request = format!("ws://{addr}/{query}")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "fanout.v1".parse().expect("value"),
-    );
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-            value.parse().expect("value"),
-        );
-    }
-    let (socket, response) = timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-        .expect("handshake accepted");
-    assert_eq!(
-        response
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.as_bytes()),
-        Some(&b"fanout.v1"[..])
-    );
-    socket
-}
-
-async fn send(socket: &mut Ws, command: Value) {
-    socket
-        .send(Message::text(command.to_string()))
-        .await
-        .expect("send");
-}
-
-/// The next JSON frame the server sends.
-async fn next_json(socket: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -444,3 +444,50 @@ pub async fn assert_fan_out(addr: SocketAddr, hub: &Hub, received: &Mutex<Vec<St
     assert_eq!(next_text(&mut ws1).await, "after");
     Clients(vec![ws1, ws2], vec![sse1, sse2, other])
 }
+
+/// A WebSocket client that offers the protocol, with extra headers.
+pub async fn protocol_client(
+    addr: std::net::SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Ws {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}/{query}"
+        ))
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "fanout.v1".parse().expect("value"),
+    );
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+        .expect("handshake accepted");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"fanout.v1"[..])
+    );
+    socket
+}
+
+pub async fn send(socket: &mut Ws, command: serde_json::Value) {
+    socket
+        .send(Message::text(command.to_string()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON frame the server sends.
+pub async fn next_json(socket: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
+}
