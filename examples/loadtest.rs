@@ -31,6 +31,10 @@
 //!   what connections whose clients have stopped reading cost it. Not in the default
 //!   phases; try `phases=stall clients=1000 broadcasts=200 size=262144`.
 //!
+//! `topics=N` gives each client N topics on its one connection (the crate's servers only):
+//! a burst spreads its events round robin over them, so that every client still gets
+//! every event, and the steady phase publishes to the first one, the others quiet.
+//!
 //! Every loop is bounded in count and time; the server process is killed at the end. The
 //! tool exits with an error when a delivery is missing: the servers keep 4 096 events
 //! per subscriber, so up to that many broadcasts none may be lost.
@@ -80,6 +84,7 @@ struct Options {
     servers: Vec<String>,
     transports: Vec<String>,
     attach: Option<SocketAddr>,
+    topics: usize,
 }
 
 impl Options {
@@ -93,6 +98,7 @@ impl Options {
             servers: vec!["crate".into(), "baseline".into()],
             transports: vec!["ws".into(), "sse".into()],
             attach: None,
+            topics: 1,
         };
         for arg in args {
             let (key, value) = arg
@@ -108,6 +114,7 @@ impl Options {
                 "servers" => options.servers = list(),
                 "transports" => options.transports = list(),
                 "attach" => options.attach = Some(value.parse()?),
+                "topics" => options.topics = value.parse::<usize>()?.max(1),
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
@@ -122,6 +129,10 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     for phase in &options.phases {
         for transport in &options.transports {
             for kind in &options.servers {
+                if options.topics > 1 && !kind.starts_with("crate") {
+                    println!("{phase:6} {transport:3} {kind:8} (one topic per connection only)");
+                    continue;
+                }
                 let server = match options.attach {
                     Some(addr) => Server {
                         process: None,
@@ -305,6 +316,7 @@ async fn clients(
     count: usize,
     events: usize,
     size: usize,
+    topics: usize,
     seen: &Arc<Seen>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
@@ -321,7 +333,7 @@ async fn clients(
         };
         let mut stream = TcpStream::connect(server.addr).await?;
         stream
-            .write_all(stream_request(transport).as_bytes())
+            .write_all(stream_request(transport, topics).as_bytes())
             .await?;
         let task = match transport {
             "ws" => {
@@ -392,20 +404,28 @@ async fn clients(
         };
         tasks.push(task);
     }
-    server.wait_subscribers(count).await?;
+    // The hub counts a subscription per topic.
+    server.wait_subscribers(count * topics).await?;
     Ok(tasks)
 }
 
-/// The request that opens a stream of `transport` ("ws" or "sse") on the load topic.
-fn stream_request(transport: &str) -> String {
+/// The request that opens a stream of `transport` ("ws" or "sse") on the load topic, or
+/// on `topics` of them.
+fn stream_request(transport: &str, topics: usize) -> String {
+    let target = if topics == 1 {
+        format!("/events/{TOPIC}")
+    } else {
+        let query: Vec<String> = (0..topics)
+            .map(|i| format!("topic={}", server::topic(i, topics)))
+            .collect();
+        format!("/events/?{}", query.join("&"))
+    };
     match transport {
         "ws" => format!(
-            "GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         ),
-        _ => {
-            format!("GET /events/{TOPIC} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        }
+        _ => format!("GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
     }
 }
 
@@ -463,6 +483,7 @@ async fn burst(
         options.clients,
         options.broadcasts,
         options.size,
+        options.topics,
         &seen,
     )
     .await?;
@@ -472,8 +493,8 @@ async fn burst(
     let start = Instant::now();
     server
         .control(&format!(
-            "/burst?count={}&size={}",
-            options.broadcasts, options.size
+            "/burst?count={}&size={}&topics={}",
+            options.broadcasts, options.size, options.topics
         ))
         .await?;
     wait_delivered(&seen, expected).await;
@@ -509,6 +530,7 @@ async fn steady(
         options.clients,
         RATE * SECONDS,
         options.size,
+        options.topics,
         &seen,
     )
     .await?;
@@ -516,8 +538,8 @@ async fn steady(
     let cpu = server.cpu();
     server
         .control(&format!(
-            "/steady?rate={RATE}&seconds={SECONDS}&size={}",
-            options.size
+            "/steady?rate={RATE}&seconds={SECONDS}&size={}&topics={}",
+            options.size, options.topics
         ))
         .await?;
     wait_delivered(&seen, expected).await;
@@ -541,9 +563,27 @@ async fn idle(
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
     // Settle the server's allocations with a few connections first.
-    let warm = clients(server, transport, 10, 0, options.size, &seen).await?;
+    let warm = clients(
+        server,
+        transport,
+        10,
+        0,
+        options.size,
+        options.topics,
+        &seen,
+    )
+    .await?;
     let before = server.rss_kib();
-    let tasks = clients(server, transport, options.idle + 10, 0, options.size, &seen).await?;
+    let tasks = clients(
+        server,
+        transport,
+        options.idle + 10,
+        0,
+        options.size,
+        options.topics,
+        &seen,
+    )
+    .await?;
     let after = server.rss_kib();
     warm.iter()
         .chain(&tasks)
@@ -568,16 +608,18 @@ async fn stall(
     for _ in 0..options.clients {
         let mut stream = TcpStream::connect(server.addr).await?;
         stream
-            .write_all(stream_request(transport).as_bytes())
+            .write_all(stream_request(transport, options.topics).as_bytes())
             .await?;
         stalled.push(stream);
     }
-    server.wait_subscribers(options.clients).await?;
+    server
+        .wait_subscribers(options.clients * options.topics)
+        .await?;
     let before = server.rss_kib();
     server
         .control(&format!(
-            "/burst?count={}&size={}",
-            options.broadcasts, options.size
+            "/burst?count={}&size={}&topics={}",
+            options.broadcasts, options.size, options.topics
         ))
         .await?;
     // The connections take their events after the broadcasts return: wait until the
@@ -641,10 +683,10 @@ mod server {
     }
 
     impl Publisher {
-        fn publish(&self, payload: String) {
+        fn publish(&self, topic: &str, payload: String) {
             match self {
                 Self::Hub(hub) => {
-                    hub.broadcast(TOPIC, payload);
+                    hub.broadcast(topic, payload);
                 }
                 Self::Baseline(topics) => {
                     if let Some(sender) = topics.lock().expect("not poisoned").get(TOPIC) {
@@ -676,9 +718,26 @@ mod server {
             "bare" => return super::bare::run(listener).await,
             "crate" | "crate-axum" => {
                 let hub = Hub::builder().buffer(4096).build();
+                // `/events/{topic}`, or `/events/?topic=..&topic=..` for several.
                 let layer = StreamLayer::new(hub.clone())
                     .path("/events/")
-                    .topic(|parts| Ok(parts.uri.path().trim_start_matches("/events/").to_owned()));
+                    .max_topics(4096)
+                    .topics(|parts| {
+                        let named: Vec<String> = parts
+                            .uri
+                            .query()
+                            .map(|query| {
+                                form_urlencoded::parse(query.as_bytes())
+                                    .map(|(_, topic)| topic.into_owned())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Ok(if named.is_empty() {
+                            vec![parts.uri.path().trim_start_matches("/events/").to_owned()]
+                        } else {
+                            named
+                        })
+                    });
                 let app = control(Publisher::Hub(hub)).layer(layer);
                 if kind == "crate" {
                     tower_fanout::serve(listener, app).await;
@@ -729,10 +788,21 @@ mod server {
         payload
     }
 
+    /// The name of the `i`th of `topics` topics that clients hold.
+    pub(super) fn topic(i: usize, topics: usize) -> String {
+        if topics <= 1 {
+            TOPIC.to_owned()
+        } else {
+            format!("{TOPIC}-{i}")
+        }
+    }
+
+    /// Publishes `count` events as fast as it can, round robin over the clients' topics.
     async fn burst(State(publisher): State<Publisher>, uri: http::Uri) -> &'static str {
-        let size = param(&uri, "size");
-        for _ in 0..param(&uri, "count") {
-            publisher.publish(payload(size));
+        let (size, topics) = (param(&uri, "size"), param(&uri, "topics").max(1));
+        let names: Vec<String> = (0..topics).map(|i| topic(i, topics)).collect();
+        for i in 0..param(&uri, "count") {
+            publisher.publish(&names[i % topics], payload(size));
         }
         "done"
     }
@@ -743,10 +813,12 @@ mod server {
             param(&uri, "seconds"),
             param(&uri, "size"),
         );
+        // The first topic is busy, the clients' others stay quiet.
+        let busy = topic(0, param(&uri, "topics").max(1));
         let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
         for _ in 0..rate * seconds {
             ticks.tick().await;
-            publisher.publish(payload(size));
+            publisher.publish(&busy, payload(size));
         }
         "done"
     }

@@ -136,7 +136,7 @@ impl Config {
             Some(id) => cursor::decode(id, topics.len())
                 .unwrap_or_else(|| vec![Some(id.to_owned()); topics.len()]),
         };
-        let mut subscriber = self.hub.subscriber();
+        let mut subscriber = Subscriber::with_capacity(self.hub.clone(), topics.len());
         let mut lost = Vec::new();
         let mut start = Vec::with_capacity(topics.len());
         for (topic, since) in topics.iter().zip(&since) {
@@ -160,7 +160,12 @@ impl Config {
         Opened {
             subscriber,
             lost,
-            positions: Positions::new(start),
+            // Only a stream of several topics makes a cursor of them.
+            positions: if topics.len() > 1 {
+                Positions::new(start)
+            } else {
+                Positions::default()
+            },
         }
     }
 

@@ -19,23 +19,28 @@ use std::fmt::Write;
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
     ids: Vec<Option<Box<str>>>,
+    /// How many of `ids` are known: with none, there is no cursor to make.
+    known: usize,
 }
 
 impl Positions {
     /// Positions for `topics` topics, each where `start` says.
     pub(crate) fn new(start: impl IntoIterator<Item = Option<String>>) -> Self {
-        Self {
-            ids: start.into_iter().map(|id| id.map(Into::into)).collect(),
-        }
+        let ids: Vec<Option<Box<str>>> = start.into_iter().map(|id| id.map(Into::into)).collect();
+        let known = ids.iter().flatten().count();
+        Self { ids, known }
     }
 
     /// Records that the stream has sent the event `id` of the topic `key`, and returns the
     /// cursor to send with it; `None` when no topic has a position yet.
     pub(crate) fn advance(&mut self, key: usize, id: Option<&str>) -> Option<String> {
         if let (Some(slot), Some(id)) = (self.ids.get_mut(key), id) {
+            if slot.is_none() {
+                self.known += 1;
+            }
             *slot = Some(id.into());
         }
-        if self.ids.iter().all(Option::is_none) {
+        if self.known == 0 {
             return None;
         }
         let mut cursor = String::with_capacity(8 + 24 * self.ids.len());

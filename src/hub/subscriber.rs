@@ -1,10 +1,13 @@
 //! A subscriber over a changing set of topics: one [`Subscription`] per topic, each with a
-//! waker of its own that puts its topic in a queue of topics with news, so that a wake-up
-//! reads only those, however many quiet topics the set holds.
+//! waker of its own that marks its topic as having news, so that a wake-up reads only
+//! those, however many quiet topics the set holds. The first 64 topics (all of them, with
+//! the layer's default bound) are marked in one atomic word; the others in a queue. A
+//! set that has only ever held one topic needs none of this: its topic is read with the
+//! task's own waker, as a lone [`Subscription`] is.
 
 use std::fmt;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -56,36 +59,53 @@ pub struct Subscriber {
     /// The topics, by key; a key freed by an unsubscribe is reused.
     slots: Vec<Option<Topic>>,
     len: usize,
+    /// The one topic of a set that has never held more: read with the task's own waker,
+    /// without marking anything.
+    only: Option<usize>,
+    /// What a set of several topics needs besides; made when it first holds two.
+    many: Option<Box<Many>>,
+    /// What [`recv`](Self::recv) has read and not yet returned, newest first.
+    held: Vec<Item>,
+    /// Topics that ended and whose slots are not yet freed.
+    ended: usize,
+}
+
+/// The part of a [`Subscriber`] that only a set of several topics needs.
+struct Many {
+    /// What the topics' own wakers mark.
     ready: Arc<Ready>,
-    /// Keys taken from the ready queue and not yet read.
+    /// Keys taken from `ready` and not yet read.
     pending: Vec<usize>,
-    /// Events read from one topic, before they are handed over.
-    events: Vec<Arc<Event>>,
-    /// Keys of topics that ended, freed at the next read, once the items that name them
-    /// have been taken.
-    ended: Vec<usize>,
-    /// What [`recv`](Self::recv) has read and not yet returned, oldest first.
-    held: std::collections::VecDeque<Item>,
 }
 
 struct Topic {
     subscription: Subscription,
-    waker: Arc<TopicWaker>,
-    /// Out of the set, its slot not yet free.
+    /// The topic's own waker, and the same as a [`Waker`]; none while it is the only
+    /// topic a set has held, read with the task's waker.
+    waker: Option<(Arc<TopicWaker>, Waker)>,
+    /// Out of the set, its slot freed at the next read, once the items that name it
+    /// have been taken.
     ended: bool,
 }
 
 /// The topics with news, shared with every topic's waker.
 #[derive(Default)]
 struct Ready {
+    /// Bit `k` set: the topic of key `k` has news, for keys below [`BITS`].
+    bits: AtomicU64,
+    /// The keys from [`BITS`] on that have news; `raised` when not empty.
     queue: Mutex<Vec<usize>>,
     raised: AtomicBool,
     task: AtomicWaker,
 }
 
-/// The waker a topic's subscription registers: it queues the topic and wakes the task.
+/// Keys marked in [`Ready::bits`].
+const BITS: usize = 64;
+
+/// The waker a topic's subscription registers: it marks the topic and wakes the task.
 struct TopicWaker {
     key: usize,
+    /// For keys from [`BITS`] on: whether the key waits in the queue.
     queued: AtomicBool,
     ready: Arc<Ready>,
 }
@@ -96,14 +116,28 @@ impl Wake for TopicWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.queue();
+        self.mark();
         self.ready.task.wake();
     }
 }
 
 impl TopicWaker {
-    fn queue(&self) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
+    /// The waker of the topic of `key`, marked already: a topic is read once it joins.
+    fn new(key: usize, ready: &Arc<Ready>) -> (Arc<Self>, Waker) {
+        let waker = Arc::new(Self {
+            key,
+            queued: AtomicBool::new(false),
+            ready: Arc::clone(ready),
+        });
+        waker.mark();
+        let handle = Waker::from(Arc::clone(&waker));
+        (waker, handle)
+    }
+
+    fn mark(&self) {
+        if self.key < BITS {
+            self.ready.bits.fetch_or(1 << self.key, Ordering::AcqRel);
+        } else if !self.queued.swap(true, Ordering::AcqRel) {
             lock(&self.ready.queue).push(self.key);
             self.ready.raised.store(true, Ordering::Release);
         }
@@ -169,38 +203,33 @@ pub(crate) enum Item {
 
 impl Subscriber {
     pub(super) fn new(hub: Hub) -> Self {
+        Self::with_capacity(hub, 0)
+    }
+
+    /// A subscriber with room for `topics` topics.
+    pub(crate) fn with_capacity(hub: Hub, topics: usize) -> Self {
         Self {
             hub,
-            slots: Vec::new(),
+            slots: Vec::with_capacity(topics),
             len: 0,
-            ready: Arc::default(),
-            pending: Vec::new(),
-            events: Vec::new(),
-            ended: Vec::new(),
-            held: std::collections::VecDeque::new(),
+            only: None,
+            many: None,
+            held: Vec::new(),
+            ended: 0,
         }
     }
 
     /// Adds `topic` to the set: its events from now on are received. Returns false, and
     /// changes nothing, when the set holds it already.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        if self.key(topic).is_some() {
-            return false;
-        }
-        let subscription = self.hub.subscribe(topic);
-        self.insert(subscription);
-        true
+        self.join(topic, Since::Now).is_some()
     }
 
     /// Adds `topic` to the set, resuming right after the event with id `last_event_id`
     /// as [`Hub::resume`] does; `None` when the set holds it already.
     pub fn resume(&mut self, topic: &str, last_event_id: &str) -> Option<Resume> {
-        if self.key(topic).is_some() {
-            return None;
-        }
-        let (subscription, resume) = self.hub.resume(topic, last_event_id);
-        self.insert(subscription);
-        Some(resume)
+        self.join(topic, Since::After(last_event_id))
+            .map(|joined| joined.resume)
     }
 
     /// Adds `topic` to the set as `since` says; `None` when the set holds it already.
@@ -235,6 +264,9 @@ impl Subscriber {
         };
         self.slots[key] = None;
         self.len -= 1;
+        if self.only == Some(key) {
+            self.only = None;
+        }
         self.held.retain(|item| match item {
             Item::Event(of, _) | Item::Lagged(of, _) => *of != key,
             Item::Closed(..) => true,
@@ -274,10 +306,11 @@ impl Subscriber {
                 return None;
             }
             let mut items = Vec::new();
-            poll_fn(|cx| self.poll_batch(cx, &mut items, 1)).await;
-            self.held.extend(items);
+            poll_fn(|cx| self.poll_batch(cx, &mut items, 1).map(|_| ())).await;
+            items.reverse();
+            self.held = items;
         }
-        Some(match self.held.pop_front()? {
+        Some(match self.held.pop()? {
             Item::Event(key, event) => Received::Event {
                 topic: self.topic(key),
                 event,
@@ -317,90 +350,164 @@ impl Subscriber {
                 self.slots.push(None);
                 self.slots.len() - 1
             });
-        let waker = Arc::new(TopicWaker {
-            key,
-            queued: AtomicBool::new(false),
-            ready: Arc::clone(&self.ready),
-        });
-        waker.queue();
         self.slots[key] = Some(Topic {
             subscription,
-            waker,
+            waker: None,
             ended: false,
         });
         self.len += 1;
-        // A task waiting on the set learns of the new topic.
-        self.ready.task.wake();
+        match &self.many {
+            None if self.len == 1 => self.only = Some(key),
+            None => {
+                // A second topic: from now on every topic has its own waker. The first
+                // one's subscription holds the task's waker; marked, it is read once more
+                // through its own, which registers that instead.
+                self.only = None;
+                let ready = Arc::<Ready>::default();
+                for (key, slot) in self.slots.iter_mut().enumerate() {
+                    if let Some(topic) = slot.as_mut().filter(|topic| !topic.ended) {
+                        topic.waker = Some(TopicWaker::new(key, &ready));
+                    }
+                }
+                // A task waiting on the set learns of the new topic.
+                ready.task.wake();
+                self.many = Some(Box::new(Many {
+                    ready,
+                    pending: Vec::new(),
+                }));
+            }
+            Some(many) => {
+                if let Some(Some(topic)) = self.slots.get_mut(key) {
+                    topic.waker = Some(TopicWaker::new(key, &many.ready));
+                }
+                many.ready.task.wake();
+            }
+        }
         key
     }
 
     /// Appends up to `limit` items from the topics with news to `out`: ready once it has
-    /// appended any, pending (with the task's waker registered) when no topic has news.
+    /// appended any, with true when more may be waiting; pending when no topic has news.
+    /// Once no topic has news, the task's waker is registered, so that after a `false`
+    /// no further poll is needed until the task is woken.
     pub(crate) fn poll_batch(
         &mut self,
         cx: &mut Context<'_>,
         out: &mut Vec<Item>,
         limit: usize,
-    ) -> Poll<()> {
-        self.ready.task.register(cx.waker());
-        for key in self.ended.drain(..) {
-            self.slots[key] = None;
+    ) -> Poll<bool> {
+        self.free_ended();
+        if let Some(key) = self.only {
+            return self.read_only(key, cx, out, limit);
         }
+        let Some(many) = &mut self.many else {
+            // Empty, and never held two topics.
+            return Poll::Pending;
+        };
         let start = out.len();
-        loop {
-            if self.pending.is_empty() {
-                if !self.ready.raised.swap(false, Ordering::AcqRel) {
-                    break;
-                }
-                std::mem::swap(&mut self.pending, &mut *lock(&self.ready.queue));
-                // Oldest news first.
-                self.pending.reverse();
-            }
-            let Some(key) = self.pending.pop() else {
-                continue;
-            };
-            self.read(key, out);
-            if out.len() - start >= limit {
-                break;
-            }
+        if many.pending.is_empty() {
+            many.take_ready();
         }
-        if out.len() > start {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        loop {
+            while let Some(key) = self.many.as_mut().and_then(|many| many.pending.pop()) {
+                self.read(key, out);
+                if out.len() - start >= limit {
+                    return Poll::Ready(true);
+                }
+            }
+            let Some(many) = &mut self.many else {
+                return Poll::Pending;
+            };
+            // Registered before looking once more: news from now on wakes the task.
+            many.ready.task.register(cx.waker());
+            if !many.take_ready() {
+                return if out.len() > start {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                };
+            }
         }
     }
 
-    /// Takes a turn of events from the topic of `key`, and queues it again if it has more.
-    fn read(&mut self, key: usize, out: &mut Vec<Item>) {
-        // A key may be left in the queue by a topic unsubscribed since.
+    /// Frees the slots of topics that ended: the items naming them have been taken.
+    fn free_ended(&mut self) {
+        if self.ended == 0 {
+            return;
+        }
+        self.ended = 0;
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|topic| topic.ended) {
+                *slot = None;
+            }
+        }
+        if self.only.is_some_and(|key| self.slots[key].is_none()) {
+            self.only = None;
+        }
+    }
+
+    /// Reads the one topic of a set that has held no other, with the task's waker.
+    fn read_only(
+        &mut self,
+        key: usize,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Item>,
+        limit: usize,
+    ) -> Poll<bool> {
         let Some(Some(topic)) = self.slots.get_mut(key) else {
+            return Poll::Pending;
+        };
+        match topic
+            .subscription
+            .poll_each(cx, limit, |event| out.push(Item::Event(key, event)))
+        {
+            Poll::Ready(Ok((_, caught_up))) => Poll::Ready(!caught_up),
+            Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                out.push(Item::Lagged(key, missed));
+                Poll::Ready(true)
+            }
+            Poll::Ready(Err(RecvError::Closed(reason))) => {
+                topic.ended = true;
+                self.ended += 1;
+                self.len -= 1;
+                out.push(Item::Closed(topic.subscription.topic().to_owned(), reason));
+                Poll::Ready(false)
+            }
+            // The subscription holds the task's waker.
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Takes a turn of events from the topic of `key`, and marks it again if it has more.
+    fn read(&mut self, key: usize, out: &mut Vec<Item>) {
+        // A key may be left marked by a topic unsubscribed since.
+        let Some(Some(topic)) = self.slots.get_mut(key) else {
+            return;
+        };
+        let Some((waker, handle)) = &topic.waker else {
             return;
         };
         if topic.ended {
             return;
         }
-        // Lowered before reading: news that comes during the read queues the topic again.
-        topic.waker.queued.store(false, Ordering::Release);
-        let waker = Waker::from(Arc::clone(&topic.waker));
-        let mut cx = Context::from_waker(&waker);
-        match topic
-            .subscription
-            .poll_batch(&mut cx, &mut self.events, PER_TOPIC)
-        {
+        // Lowered before reading: news that comes during the read marks the topic again.
+        waker.queued.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(handle);
+        match topic.subscription.poll_each(&mut cx, PER_TOPIC, |event| {
+            out.push(Item::Event(key, event))
+        }) {
             Poll::Ready(Ok((_, caught_up))) => {
-                out.extend(self.events.drain(..).map(|event| Item::Event(key, event)));
                 if !caught_up {
-                    topic.waker.queue();
+                    waker.mark();
                 }
             }
             Poll::Ready(Err(RecvError::Lagged(missed))) => {
                 out.push(Item::Lagged(key, missed));
-                topic.waker.queue();
+                waker.mark();
             }
             Poll::Ready(Err(RecvError::Closed(reason))) => {
                 topic.ended = true;
-                self.ended.push(key);
+                self.ended += 1;
                 self.len -= 1;
                 out.push(Item::Closed(topic.subscription.topic().to_owned(), reason));
             }
@@ -414,6 +521,31 @@ impl Subscriber {
         for topic in self.slots.iter_mut().flatten() {
             topic.subscription.detach();
         }
+    }
+}
+
+impl Many {
+    /// Moves the keys of the topics with news to `pending`, lowest first; false when
+    /// there are none.
+    fn take_ready(&mut self) -> bool {
+        let ready = &self.ready;
+        // Looked at before they are taken: a plain load costs less than a swap.
+        let mut bits = if ready.bits.load(Ordering::Acquire) == 0 {
+            0
+        } else {
+            ready.bits.swap(0, Ordering::AcqRel)
+        };
+        if ready.raised.load(Ordering::Acquire) && ready.raised.swap(false, Ordering::AcqRel) {
+            let mut queue = lock(&ready.queue);
+            // Popped from the end: the oldest news last pushed, so first out.
+            self.pending.extend(queue.drain(..).rev());
+        }
+        while bits != 0 {
+            let key = BITS - 1 - bits.leading_zeros() as usize;
+            self.pending.push(key);
+            bits &= !(1 << key);
+        }
+        !self.pending.is_empty()
     }
 }
 

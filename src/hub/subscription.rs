@@ -153,21 +153,18 @@ impl Subscription {
             .map_ok(|(count, _)| count)
     }
 
-    /// Polls for a batch of events, as [`poll_recv_many`](Self::poll_recv_many), and says
-    /// whether the batch ended at the newest event; the waker is then registered already,
-    /// and no further poll is needed until it is woken. (The public methods do not
-    /// register early: a task that reads again before the next broadcast would be woken
-    /// for nothing.)
-    pub(crate) fn poll_batch(
+    /// Polls for up to `limit` events, handing each to `deliver`, and says whether the
+    /// batch ended at the newest event; the waker is then registered already, and no
+    /// further poll is needed until it is woken. (The public methods do not register
+    /// early: a task that reads again before the next broadcast would be woken for
+    /// nothing.)
+    pub(crate) fn poll_each(
         &mut self,
         cx: &mut Context<'_>,
-        buffer: &mut Vec<Arc<Event>>,
         limit: usize,
+        deliver: impl FnMut(Arc<Event>),
     ) -> Poll<Result<(usize, bool), RecvError>> {
-        if limit == 0 {
-            return Poll::Ready(Ok((0, false)));
-        }
-        self.poll_read(cx, limit, true, |event| buffer.push(event))
+        self.poll_read(cx, limit.max(1), true, deliver)
     }
 
     fn poll_read(
@@ -315,11 +312,15 @@ mod tests {
 
         // Reading the first event frees it, which shifts the ring: the second is still
         // there to read.
-        let first = subscription.poll_batch(&mut cx, &mut batch, 1);
+        let first = subscription.poll_each(&mut cx, 1, |event| batch.push(event));
         assert!(matches!(first, Poll::Ready(Ok((1, false)))), "{first:?}");
-        let second = subscription.poll_batch(&mut cx, &mut batch, 1);
+        let second = subscription.poll_each(&mut cx, 1, |event| batch.push(event));
         assert!(matches!(second, Poll::Ready(Ok((1, true)))), "{second:?}");
-        assert!(subscription.poll_batch(&mut cx, &mut batch, 1).is_pending());
+        assert!(
+            subscription
+                .poll_each(&mut cx, 1, |event| batch.push(event))
+                .is_pending()
+        );
         assert_eq!(batch.len(), 2);
     }
 }

@@ -227,8 +227,13 @@ impl Body for SseBody {
                 .subscriber
                 .poll_batch(&mut events_cx, &mut this.batch, BATCH)
             {
-                // There may be more: look again on the next poll.
-                Poll::Ready(()) => this.events.raise(),
+                // More may be waiting: look again on the next poll. Otherwise the
+                // subscriber holds the signal's waker.
+                Poll::Ready(more) => {
+                    if more {
+                        this.events.raise();
+                    }
+                }
                 // The subscriber holds the signal's waker.
                 Poll::Pending => break,
             }

@@ -11,7 +11,7 @@
 //! A client that is behind on its events is still read, so that its pongs keep it alive;
 //! a write times out only when the socket has taken nothing for the write timeout.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -48,18 +48,34 @@ const ROUNDS: usize = 16;
 /// Client messages handled per round.
 const READS: usize = 64;
 
-pub(super) async fn serve(
+/// What a connection is made of before its socket is handed over. Boxed until then: a
+/// future keeps what it was given for as long as it lives, so given inline it would be
+/// held twice, beside the session made of it.
+pub(super) struct Start {
+    pub(super) opened: Opened,
+    pub(super) framing: Framing,
+    pub(super) request: Parts,
+}
+
+impl Start {
+    /// Takes `start` out of its box and frees the box now: moved out of in the future
+    /// that holds it, the box would be freed only when the connection ends.
+    fn unbox(start: Box<Self>) -> Self {
+        *start
+    }
+}
+
+/// Serves the connection once the server hands over the upgraded socket.
+pub(super) fn serve(
     on_upgrade: OnUpgrade,
-    opened: Opened,
-    framing: Framing,
+    start: Box<Start>,
     config: Arc<Config>,
-    request: Parts,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::debug_span!(
         "stream",
         transport = "websocket",
-        topic = %opened.subscriber.topics().collect::<Vec<_>>().join(","),
-        peer = crate::config::peer(&request.extensions).map(tracing::field::display),
+        topic = %start.opened.subscriber.topics().collect::<Vec<_>>().join(","),
+        peer = crate::config::peer(&start.request.extensions).map(tracing::field::display),
     );
     async move {
         let upgraded = match on_upgrade.await {
@@ -73,12 +89,16 @@ pub(super) async fn serve(
             }
         };
         tracing::debug!("connection opened");
+        let Start {
+            opened,
+            framing,
+            request,
+        } = Start::unbox(start);
         let mut session = Session::new(TokioIo::new(upgraded), opened, framing, &config, &request);
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
     }
     .instrument(span)
-    .await;
 }
 
 /// Why serving stopped.
@@ -108,6 +128,8 @@ struct Session<'a, S> {
     /// Items received and not yet encoded: those from `next` on.
     batch: Vec<Item>,
     next: usize,
+    /// Whether the topics may have more than the batch took.
+    more_events: bool,
     /// The handle `on_message` handlers send through, and its queue; only with a handler.
     direct: Option<(Connection, mpsc::Receiver<Direct>)>,
     config: &'a Config,
@@ -159,6 +181,7 @@ where
             positions,
             batch: Vec::new(),
             next: 0,
+            more_events: false,
             direct,
             config,
             request,
@@ -481,12 +504,10 @@ where
         if self.next == self.batch.len() {
             self.batch.clear();
             self.next = 0;
-            if self
-                .topics
-                .poll_batch(cx, &mut self.batch, BATCH)
-                .is_pending()
-            {
-                return Ok(false);
+            match self.topics.poll_batch(cx, &mut self.batch, BATCH) {
+                Poll::Ready(more) => self.more_events = more,
+                // The topics hold the task's waker.
+                Poll::Pending => return Ok(false),
             }
         }
         while self.next < self.batch.len() && self.has_room() {
@@ -528,8 +549,7 @@ where
             }
             self.next += 1;
         }
-        // The topics said they had news: there may be more.
-        Ok(true)
+        Ok(self.next < self.batch.len() || self.more_events)
     }
 
     /// Encodes what was sent through the connection's handle; true when there was any.

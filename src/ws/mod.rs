@@ -97,13 +97,13 @@ pub(crate) fn accept(
     // Subscribed before answering, so nothing broadcast after the 101 is missed.
     let since = query_param(&parts, "since");
     let opened = config.open(&topics, since.as_deref());
-    tokio::spawn(connection::serve(
-        on_upgrade,
+    let request = compact(parts, config.authorize.is_some());
+    let start = Box::new(connection::Start {
         opened,
         framing,
-        Arc::clone(config),
-        parts,
-    ));
+        request,
+    });
+    tokio::spawn(connection::serve(on_upgrade, start, Arc::clone(config)));
 
     let mut response = Response::new(Prepared::Full(None));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -118,6 +118,32 @@ pub(crate) fn accept(
         );
     }
     Ok(response)
+}
+
+/// The request's head as a connection keeps it for its life: its own copy, since what
+/// the server parsed (the URI, header values) are views into the connection's read
+/// buffer, which would stay alive with them. Headers are kept only for the
+/// authorization hook, which may read them at every subscribe.
+fn compact(parts: Parts, keep_headers: bool) -> Parts {
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = parts.method;
+    head.version = parts.version;
+    head.uri =
+        http::Uri::from_maybe_shared(Bytes::copy_from_slice(parts.uri.to_string().as_bytes()))
+            .unwrap_or_default();
+    if keep_headers {
+        for (name, value) in &parts.headers {
+            let copied = (
+                http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            );
+            if let (Ok(name), Ok(value)) = copied {
+                head.headers.append(name, value);
+            }
+        }
+    }
+    head.extensions = parts.extensions;
+    head
 }
 
 /// What a resumed connection with ids of one topic receives first when events were lost;
@@ -173,11 +199,6 @@ impl<'a> Inbound<'a> {
     /// them (an authenticated user, for example).
     pub fn extensions(&self) -> &'a Extensions {
         &self.request.extensions
-    }
-
-    /// The head of the upgrade request.
-    pub fn request(&self) -> &'a Parts {
-        self.request
     }
 
     /// The hub, to broadcast in reply.
