@@ -40,6 +40,35 @@
 //! ([`HubBuilder::buffer`]); a subscriber that falls a whole ring behind is handled by the
 //! [`LagPolicy`]: it skips the oldest events and is told how many, or it is disconnected.
 //! Memory stays bounded whatever the subscribers do.
+//!
+//! # Many topics on one connection
+//!
+//! A connection may carry several topics: every `topic` query parameter by default
+//! (`/events?topic=a&topic=b`), bounded by [`StreamLayer::max_topics`], each checked by
+//! [`StreamLayer::authorize`]. A WebSocket client that asks for the `fanout.v1`
+//! subprotocol (`PROTOCOL.md` in the repository, `client/fanout.js` for browsers)
+//! subscribes and unsubscribes at runtime; a [`Subscriber`] is the same in process.
+//!
+//! # Modules
+//!
+//! From the outside in: a module uses those below it in this table. Two pairs lean on
+//! each other by design: an [`Event`] caches its wire forms, which the `sse` and `ws`
+//! encoders make from it, and the configuration holds the `on_message` handler, whose
+//! argument ([`ws::Inbound`]) is the WebSocket module's.
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | `layer` | [`StreamLayer`]: the options, applied to an inner service |
+//! | `service`, `future`, `body` | [`StreamService`] and its [`ResponseFuture`] and [`ResponseBody`] |
+//! | [`serve`](mod@serve) | [`serve()`]: HTTP/1.1 with upgrades, event streams on the bare socket |
+//! | [`ws`] | the handshake, origin checks, the `fanout.v1` protocol, the connection task |
+//! | [`sse`] | the Server-Sent-Events encoding and response body |
+//! | `config` | the layer's configuration, shared by every part that serves a stream |
+//! | `classify` | telling WebSocket upgrade attempts and event-stream requests from the rest |
+//! | `cursor` | one resumable id for a stream of several topics |
+//! | `outgoing`, `wake` | a connection's write buffer; telling what woke a task |
+//! | [`hub`], [`backplane`] | topics, their rings of events, [`Subscription`] and [`Subscriber`]; carrying broadcasts between processes (Redis) |
+//! | `event`, `reject` | [`Event`] and its wire forms; [`Rejection`] |
 
 #![warn(
     clippy::all,

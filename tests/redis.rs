@@ -503,12 +503,11 @@ async fn a_runtime_subscribe_on_one_node_receives_what_another_publishes() {
     // A client of the protocol on B, with no topic until it subscribes.
     let mut client = common::protocol_client(b.addr, "", &[]).await;
     wait_listening(&b, 0).await;
-    common::send(
+    let reply = common::command(
         &mut client,
         json!({"type": "subscribe", "topic": "room", "req": 1}),
-    )
-    .await;
-    assert_eq!(common::next_json(&mut client).await["type"], "ok");
+    );
+    assert_eq!(reply.await, json!({"type": "ok", "req": 1, "position": ""}));
     wait_listening(&b, 1).await;
 
     a.hub.broadcast("room", "from A");
@@ -519,11 +518,10 @@ async fn a_runtime_subscribe_on_one_node_receives_what_another_publishes() {
     );
 
     // Its unsubscribe takes the node's interest in Redis with it.
-    common::send(
+    let reply = common::command(
         &mut client,
         json!({"type": "unsubscribe", "topic": "room", "req": 2}),
-    )
-    .await;
-    assert_eq!(common::next_json(&mut client).await["type"], "ok");
+    );
+    assert_eq!(reply.await, json!({"type": "ok", "req": 2}));
     wait_listening(&b, 0).await;
 }

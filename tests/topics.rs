@@ -17,8 +17,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use common::{
-    Inner, SseClient, WAIT, next_json, next_text, protocol_client, raw_request, send, serve_hyper,
-    wait_until, ws_connect,
+    Inner, SseClient, WAIT, command, next_json, next_text, protocol_client, raw_request, send,
+    serve_hyper, wait_until, ws_connect,
 };
 
 /// A user, as an authentication layer in front of the stream layer leaves it.
@@ -237,13 +237,12 @@ async fn the_protocol_subscribes_replies_and_refuses_with_reasons() {
     // No topic at the handshake: a client of the protocol subscribes later.
     let mut socket = protocol_client(addr, "", &[("x-user", "ann")]).await;
 
-    send(
-        &mut socket,
-        json!({"type": "subscribe", "topic": "a", "req": 1}),
-    )
-    .await;
     assert_eq!(
-        next_json(&mut socket).await,
+        command(
+            &mut socket,
+            json!({"type": "subscribe", "topic": "a", "req": 1})
+        )
+        .await,
         json!({"type": "ok", "req": 1, "position": ""})
     );
     hub.broadcast("a", Event::new("hello").event("greeting").expect("valid"));
@@ -315,13 +314,12 @@ async fn the_protocol_subscribes_replies_and_refuses_with_reasons() {
     );
 
     // Unsubscribed: nothing more of it; the connection serves the rest.
-    send(
-        &mut socket,
-        json!({"type": "unsubscribe", "topic": "a", "req": 10}),
-    )
-    .await;
     assert_eq!(
-        next_json(&mut socket).await,
+        command(
+            &mut socket,
+            json!({"type": "unsubscribe", "topic": "a", "req": 10})
+        )
+        .await,
         json!({"type": "ok", "req": 10})
     );
     hub.broadcast("a", "gone");
@@ -353,12 +351,14 @@ async fn the_protocol_resumes_a_topic_and_says_when_it_cannot() {
     let hub = Hub::builder().history(4).build();
     let addr = serve(StreamLayer::new(hub.clone())).await;
     let mut first = protocol_client(addr, "", &[]).await;
-    send(
-        &mut first,
-        json!({"type": "subscribe", "topic": "t", "req": 1}),
-    )
-    .await;
-    assert_eq!(next_json(&mut first).await["position"], "");
+    assert_eq!(
+        command(
+            &mut first,
+            json!({"type": "subscribe", "topic": "t", "req": 1})
+        )
+        .await["position"],
+        ""
+    );
     hub.broadcast("t", "e1");
     hub.broadcast("t", "e2");
     next_json(&mut first).await;
@@ -371,13 +371,12 @@ async fn the_protocol_resumes_a_topic_and_says_when_it_cannot() {
     // Resumed after e2: the events it missed, then live ones.
     hub.broadcast("t", "e3");
     let mut again = protocol_client(addr, "", &[]).await;
-    send(
-        &mut again,
-        json!({"type": "subscribe", "topic": "t", "since": e2, "req": 2}),
-    )
-    .await;
     assert_eq!(
-        next_json(&mut again).await,
+        command(
+            &mut again,
+            json!({"type": "subscribe", "topic": "t", "since": e2, "req": 2})
+        )
+        .await,
         json!({"type": "ok", "req": 2, "position": e2})
     );
     assert_eq!(next_json(&mut again).await["data"], "e3");
@@ -386,12 +385,14 @@ async fn the_protocol_resumes_a_topic_and_says_when_it_cannot() {
 
     // From a topic's start, for a client that saw nothing of it: every event still held.
     let mut fresh = protocol_client(addr, "", &[]).await;
-    send(
-        &mut fresh,
-        json!({"type": "subscribe", "topic": "t", "since": "", "req": 3}),
-    )
-    .await;
-    assert_eq!(next_json(&mut fresh).await["type"], "ok");
+    assert_eq!(
+        command(
+            &mut fresh,
+            json!({"type": "subscribe", "topic": "t", "since": "", "req": 3})
+        )
+        .await["type"],
+        "ok"
+    );
     for expected in ["e1", "e2", "e3", "e4"] {
         assert_eq!(next_json(&mut fresh).await["data"], expected);
     }
@@ -401,12 +402,14 @@ async fn the_protocol_resumes_a_topic_and_says_when_it_cannot() {
         hub.broadcast("t", format!("e{i}"));
     }
     let mut late = protocol_client(addr, "", &[]).await;
-    send(
-        &mut late,
-        json!({"type": "subscribe", "topic": "t", "since": e2, "req": 4}),
-    )
-    .await;
-    assert_eq!(next_json(&mut late).await["type"], "ok");
+    assert_eq!(
+        command(
+            &mut late,
+            json!({"type": "subscribe", "topic": "t", "since": e2, "req": 4})
+        )
+        .await["type"],
+        "ok"
+    );
     assert_eq!(
         next_json(&mut late).await,
         json!({"type": "lost", "topic": "t"})

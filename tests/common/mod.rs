@@ -487,6 +487,13 @@ pub async fn send(socket: &mut Ws, command: serde_json::Value) {
         .expect("send");
 }
 
+/// Sends `command` and returns the next JSON frame: its reply, where nothing else of the
+/// connection's can come first.
+pub async fn command(socket: &mut Ws, command: serde_json::Value) -> serde_json::Value {
+    send(socket, command).await;
+    next_json(socket).await
+}
+
 /// The next JSON frame the server sends.
 pub async fn next_json(socket: &mut Ws) -> serde_json::Value {
     serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
