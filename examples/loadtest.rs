@@ -34,6 +34,7 @@
 //! `topics=N` gives each client N topics on its one connection (the crate's servers only):
 //! a burst spreads its events round robin over them, so that every client still gets
 //! every event, and the steady phase publishes to the first one, the others quiet.
+//! `topics=1,10` runs every phase with each count in turn, side by side.
 //!
 //! Every loop is bounded in count and time; the server process is killed at the end. The
 //! tool exits with an error when a delivery is missing: the servers keep 4 096 events
@@ -84,6 +85,9 @@ struct Options {
     servers: Vec<String>,
     transports: Vec<String>,
     attach: Option<SocketAddr>,
+    /// The topic counts to run every phase with, in turn.
+    topic_counts: Vec<usize>,
+    /// The topics per connection of the run in progress.
     topics: usize,
 }
 
@@ -98,6 +102,7 @@ impl Options {
             servers: vec!["crate".into(), "baseline".into()],
             transports: vec!["ws".into(), "sse".into()],
             attach: None,
+            topic_counts: vec![1],
             topics: 1,
         };
         for arg in args {
@@ -114,7 +119,12 @@ impl Options {
                 "servers" => options.servers = list(),
                 "transports" => options.transports = list(),
                 "attach" => options.attach = Some(value.parse()?),
-                "topics" => options.topics = value.parse::<usize>()?.max(1),
+                "topics" => {
+                    options.topic_counts = value
+                        .split(',')
+                        .map(|count| count.parse::<usize>().map(|count| count.max(1)))
+                        .collect::<Result<_, _>>()?;
+                }
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
@@ -128,9 +138,22 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut missing = 0;
     for phase in &options.phases {
         for transport in &options.transports {
-            for kind in &options.servers {
-                if options.topics > 1 && !kind.starts_with("crate") {
-                    println!("{phase:6} {transport:3} {kind:8} (one topic per connection only)");
+            for (topics, kind) in options
+                .topic_counts
+                .iter()
+                .flat_map(|&topics| options.servers.iter().map(move |kind| (topics, kind)))
+            {
+                let options = Options {
+                    topics,
+                    ..options.clone()
+                };
+                let label = if options.topic_counts.len() > 1 {
+                    format!("{kind} x{topics}")
+                } else {
+                    kind.clone()
+                };
+                if topics > 1 && !kind.starts_with("crate") {
+                    println!("{phase:6} {transport:3} {label:8} (one topic per connection only)");
                     continue;
                 }
                 let server = match options.attach {
@@ -147,7 +170,7 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     "stall" => stall(&server, transport, &options).await?,
                     other => return Err(format!("unknown phase {other}").into()),
                 };
-                println!("{phase:6} {transport:3} {kind:8} {line}");
+                println!("{phase:6} {transport:3} {label:8} {line}");
                 missing += missed;
             }
         }
@@ -285,6 +308,26 @@ impl Seen {
         batch.clear();
     }
 
+    /// Which clients got fewer than `each` events, when any did: how many, and the fewest
+    /// one got, to tell one stuck connection from losses spread over all.
+    fn short(&self, each: usize) -> String {
+        let counts: Vec<usize> = self
+            .clients
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|list| list.lock().expect("not poisoned").len())
+            .filter(|&count| count < each)
+            .collect();
+        match counts.iter().min() {
+            Some(fewest) => format!(
+                " ({} clients short, the fewest got {fewest} of {each})",
+                counts.len()
+            ),
+            None => String::new(),
+        }
+    }
+
     /// Every delivery's latency, and for every event the time between its first and its
     /// last delivery (ns).
     fn results(&self) -> (Vec<u64>, Vec<u64>) {
@@ -356,14 +399,22 @@ async fn clients(
                             upgraded = true;
                         }
                         let mut start = 0;
+                        let mut pongs = Vec::new();
                         while let Some((opcode, payload, next)) = ws_frame(&pending[start..]) {
-                            if opcode == 1 || opcode == 2 {
-                                Seen::record(&mut batch, payload, arrived);
+                            match opcode {
+                                1 | 2 => Seen::record(&mut batch, payload, arrived),
+                                // Answered as a browser would, or a connection that outlives
+                                // the server's ping interval plus its timeout is closed.
+                                9 => pongs.extend(load::pong(payload)),
+                                _ => {}
                             }
                             start += next;
                         }
                         pending.drain(..start);
                         seen.flush(&list, &mut batch);
+                        if !pongs.is_empty() && stream.write_all(&pongs).await.is_err() {
+                            break;
+                        }
                     }
                 })
             }
@@ -507,11 +558,12 @@ async fn burst(
     let (latencies, _) = seen.results();
     let per_delivery = |cpu: Duration| cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64;
     let line = format!(
-        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery (clients {:.3})  {}  missing {missing}",
+        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery (clients {:.3})  {}  missing {missing}{}",
         delivered as f64 / elapsed.as_secs_f64(),
         per_delivery(cpu),
         per_delivery(clients_cpu),
         percentiles(latencies),
+        seen.short(options.broadcasts),
     );
     Ok((line, missing))
 }
@@ -548,10 +600,11 @@ async fn steady(
     let missing = expected - seen.delivered.load(Ordering::Relaxed).min(expected);
     let (latencies, spreads) = seen.results();
     let line = format!(
-        "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {missing}",
+        "latency {}  first-to-last {}  server CPU {:.2} µs/delivery  missing {missing}{}",
         percentiles(latencies),
         percentiles(spreads),
         cpu.as_secs_f64() * 1e6 / expected.max(1) as f64,
+        seen.short(RATE * SECONDS),
     );
     Ok((line, missing))
 }

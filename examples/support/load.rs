@@ -90,3 +90,11 @@ pub fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
     let payload = data.get(header..header + len)?;
     Some((first & 0x0f, payload, header + len))
 }
+
+/// The client's pong to a ping carrying `payload` (at most 125 bytes, as every control
+/// frame's), masked with the all-zero key, which leaves the payload as it is.
+pub fn pong(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x8a, 0x80 | payload.len().min(125) as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(&payload[..payload.len().min(125)]);
+    frame
+}
