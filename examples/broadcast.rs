@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         String::from_utf8_lossy(event.data())
                     ),
                     Err(RecvError::Lagged(missed)) => println!("{name} missed {missed}"),
+                    Err(RecvError::Lost) => println!("{name} missed some"),
                     Err(RecvError::Closed(reason)) => return println!("{name}: {reason}"),
                 }
             }

@@ -89,7 +89,15 @@ async fn node(redis: &Redis) -> Node {
 }
 
 async fn node_on(backplane: RedisBackplane) -> Node {
-    let hub = Hub::builder().backplane(backplane.clone()).build();
+    node_keeping(backplane, 0).await
+}
+
+/// A node whose hub keeps `history` events per topic: the cluster's history, in Redis.
+async fn node_keeping(backplane: RedisBackplane, history: usize) -> Node {
+    let hub = Hub::builder()
+        .history(history)
+        .backplane(backplane.clone())
+        .build();
     let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
     Node {
         hub,
@@ -524,4 +532,247 @@ async fn a_runtime_subscribe_on_one_node_receives_what_another_publishes() {
     );
     assert_eq!(reply.await, json!({"type": "ok", "req": 2}));
     wait_listening(&b, 0).await;
+}
+
+/// A node of a cluster with its history in `redis`, `history` events per topic.
+async fn history_node(redis: &Redis, history: usize) -> Node {
+    node_keeping(
+        RedisBackplane::new(&redis.url()).expect("a redis URL"),
+        history,
+    )
+    .await
+}
+
+/// What a subscription received next: `data@id`, or `lost`.
+async fn next_item(subscription: &mut tower_fanout::Subscription) -> String {
+    match tokio::time::timeout(common::WAIT, subscription.recv())
+        .await
+        .expect("something in time")
+    {
+        Ok(event) => format!(
+            "{}@{}",
+            String::from_utf8_lossy(event.data()),
+            event.event_id().unwrap_or_default()
+        ),
+        Err(tower_fanout::RecvError::Lost) => "lost".to_owned(),
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_every_node_gives_an_event_the_same_id_and_a_client_resumes_on_any() {
+    let redis = Redis::start(None);
+    let a = history_node(&redis, 16).await;
+    let (b, c) = (
+        history_node(&redis, 16).await,
+        history_node(&redis, 16).await,
+    );
+    // A, which publishes, has no subscriber of the topic; B and C do.
+    let mut on_b = SseClient::connect(b.addr, "/?topic=t").await;
+    let mut on_c = SseClient::connect(c.addr, "/?topic=t").await;
+    wait_listening(&b, 1).await;
+    wait_listening(&c, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+
+    for i in 0..3 {
+        assert_eq!(a.hub.broadcast("t", format!("e{i}")), 0, "none on A");
+    }
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (from_b, from_c) = (on_b.next_event().await, on_c.next_event().await);
+        assert_eq!(
+            (from_b.data.as_str(), from_c.data.as_str()),
+            (&*format!("e{i}"), &*format!("e{i}"))
+        );
+        let id = from_b.id.expect("an id");
+        assert_eq!(
+            from_c.id.as_deref(),
+            Some(id.as_str()),
+            "the same id on B and C"
+        );
+        assert!(
+            id.ends_with(&format!("-{}", i + 1)),
+            "{id}: the position in the history"
+        );
+        ids.push(id);
+    }
+
+    // The client on B leaves after the second event; two more are published, from B
+    // this time; it comes back on C with the id B gave it, and gets exactly what it missed.
+    drop(on_b);
+    b.hub.broadcast("t", "e3");
+    b.hub.broadcast("t", "e4");
+    assert_eq!(on_c.next_event().await.data, "e3");
+    assert_eq!(on_c.next_event().await.data, "e4");
+    let mut resumed = SseClient::connect_with(
+        c.addr,
+        "/?topic=t",
+        &format!("Last-Event-ID: {}\r\n", ids[1]),
+    )
+    .await;
+    for expected in ["e2", "e3", "e4"] {
+        let event = resumed.next_event().await;
+        assert_eq!(
+            (event.event.as_str(), event.data.as_str()),
+            ("message", expected)
+        );
+    }
+    c.hub.broadcast("t", "e5");
+    assert_eq!(
+        resumed.next_event().await.data,
+        "e5",
+        "then live, nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_publishers_on_every_node_give_every_subscriber_one_order() {
+    let redis = Redis::start(None);
+    let nodes = [
+        history_node(&redis, 64).await,
+        history_node(&redis, 64).await,
+        history_node(&redis, 64).await,
+    ];
+    let mut subscriptions: Vec<_> = nodes.iter().map(|node| node.hub.subscribe("t")).collect();
+    for node in &nodes {
+        wait_listening(node, 1).await;
+    }
+    // Three threads on three nodes at once, and two on the first: local delivery waits for
+    // Redis' order too.
+    const EACH: usize = 40;
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let hub = nodes[p % 3].hub.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    hub.broadcast("t", format!("p{p}-{i}"));
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().expect("a publisher");
+    }
+    let mut orders = Vec::new();
+    for subscription in &mut subscriptions {
+        let mut order = Vec::new();
+        for _ in 0..4 * EACH {
+            order.push(next_item(subscription).await);
+        }
+        orders.push(order);
+    }
+    assert_eq!(orders[0], orders[1], "A and B");
+    assert_eq!(orders[0], orders[2], "A and C");
+    // Every event once, each publisher's in its own order, numbered 1, 2, 3, ...
+    for (n, item) in orders[0].iter().enumerate() {
+        assert!(item.ends_with(&format!("-{}", n + 1)), "{item} at {n}");
+    }
+    for p in 0..4 {
+        let own: Vec<&String> = orders[0]
+            .iter()
+            .filter(|item| item.starts_with(&format!("p{p}-")))
+            .collect();
+        assert_eq!(own.len(), EACH);
+        for (i, item) in own.iter().enumerate() {
+            assert!(item.starts_with(&format!("p{p}-{i}@")), "{item}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_node_cut_off_fetches_what_it_missed_and_says_what_is_gone() {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    let a = history_node(&redis, 4).await;
+    let b = node_keeping(
+        RedisBackplane::builder(&proxy.url())
+            .ping_interval(Duration::from_millis(200))
+            .timeout(Duration::from_millis(300))
+            .build()
+            .expect("a redis URL"),
+        4,
+    )
+    .await;
+    let mut subscription = b.hub.subscribe("t");
+    wait_listening(&b, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+    a.hub.broadcast("t", "before");
+    let before = next_item(&mut subscription).await;
+    assert!(before.starts_with("before@"), "{before}");
+
+    // B is cut off while A publishes three events: within the history of four.
+    proxy.freeze(Frozen::Both);
+    wait_until("B noticed", || !b.backplane.stats().connected).await;
+    for i in 0..3 {
+        a.hub.broadcast("t", format!("missed{i}"));
+    }
+    wait_until("B is back", || b.backplane.stats().connected).await;
+    for i in 0..3 {
+        let item = next_item(&mut subscription).await;
+        assert!(
+            item.starts_with(&format!("missed{i}@")),
+            "{item}: fetched, in order"
+        );
+    }
+    assert_eq!(b.backplane.stats().lost, 0);
+
+    // Cut off again while six are published: the history keeps the last four, so B says
+    // that the first two are gone, then delivers the four.
+    proxy.freeze(Frozen::Both);
+    wait_until("B noticed again", || !b.backplane.stats().connected).await;
+    for i in 0..6 {
+        a.hub.broadcast("t", format!("later{i}"));
+    }
+    assert_eq!(next_item(&mut subscription).await, "lost");
+    for i in 2..6 {
+        let item = next_item(&mut subscription).await;
+        assert!(item.starts_with(&format!("later{i}@")), "{item}");
+    }
+    assert_eq!(b.backplane.stats().lost, 1);
+    a.hub.broadcast("t", "live");
+    assert!(next_item(&mut subscription).await.starts_with("live@"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_redis_that_lost_its_data_starts_a_new_epoch_and_says_lost() {
+    let redis = Redis::start(None);
+    let (a, b) = (
+        history_node(&redis, 16).await,
+        history_node(&redis, 16).await,
+    );
+    let mut subscription = b.hub.subscribe("t");
+    wait_listening(&b, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+    a.hub.broadcast("t", "one");
+    let one = next_item(&mut subscription).await;
+    let old_id = one.split_once('@').expect("an id").1.to_owned();
+
+    // Redis restarts without persistence: its history is gone.
+    let port = redis.stop();
+    wait_until("both noticed", || {
+        !a.backplane.stats().connected && !b.backplane.stats().connected
+    })
+    .await;
+    let _redis = Redis::start(Some(port));
+    wait_until("both are back", || {
+        a.backplane.stats().connected && b.backplane.stats().connected
+    })
+    .await;
+    wait_listening(&b, 1).await;
+    a.hub.broadcast("t", "two");
+    assert_eq!(next_item(&mut subscription).await, "lost");
+    let two = next_item(&mut subscription).await;
+    let new_id = two.strip_prefix("two@").expect("two").to_owned();
+    let epoch = |id: &str| id.rsplit_once('-').expect("epoch-position").0.to_owned();
+    assert_ne!(epoch(&new_id), epoch(&old_id), "a new epoch");
+    assert!(
+        new_id.ends_with("-1"),
+        "{new_id}: numbered from the start again"
+    );
+    assert!(b.backplane.stats().lost >= 1);
+
+    // A client resuming with the old id replays the gap too: `lost`, then what follows.
+    let (mut resumed, _) = b.hub.resume("t", &old_id);
+    assert_eq!(next_item(&mut resumed).await, "lost");
+    assert_eq!(next_item(&mut resumed).await, format!("two@{new_id}"));
 }

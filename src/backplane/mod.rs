@@ -60,6 +60,15 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// This node has forgotten `topic`: stop listening to it.
     fn unsubscribe(&self, topic: &str);
+
+    /// Whether this node's broadcasts come back through [`Remote::deliver`] like every
+    /// other node's, once the engine has put them in the cluster's order: the hub then
+    /// hands them only to the backplane, so that every node delivers the same events in
+    /// the same order with the same ids. Asked once, after [`start`](Self::start).
+    /// Default: false, the hub delivers its own broadcasts at once.
+    fn delivers_own(&self) -> bool {
+        false
+    }
 }
 
 /// Hands events from other nodes to the hub's local subscribers; given to
@@ -78,6 +87,19 @@ impl Remote {
         self.hub
             .upgrade()
             .map_or(0, |hub| hub.deliver(topic, Arc::new(event), false))
+    }
+
+    /// Marks a gap in `topic` on this node: events of it are missing here, which this
+    /// node's subscribers, and those that resume past the gap later, are told of. Returns
+    /// how many subscribers there were.
+    pub fn lost(&self, topic: &str) -> usize {
+        self.hub.upgrade().map_or(0, |hub| hub.mark_lost(topic))
+    }
+
+    /// How many events per topic the hub keeps for subscribers that resume
+    /// ([`HubBuilder::history`](crate::HubBuilder::history)); 0 once the hub is gone.
+    pub fn history(&self) -> usize {
+        self.hub.upgrade().map_or(0, |hub| hub.history)
     }
 
     /// Whether the hub still exists; a backplane's task can stop when it does not.

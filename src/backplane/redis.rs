@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
@@ -43,6 +43,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 const RECEIVE_QUEUE: usize = 16 * 1024;
+
+/// Appends an event to its topic's history and publishes it, in one step: `KEYS[1]` the
+/// topic's hash (`e` its epoch, `s` its last position), `KEYS[2]` its stream; `ARGV` the
+/// channel, the message, the history length and an epoch for a topic that has none. A
+/// topic without an epoch (new, or lost with Redis' data) starts a new one, and its
+/// stream afresh. What is published is `EPOCH POSITION MESSAGE`.
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+end
+local position = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], position .. '-0', 'd', ARGV[2])
+redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. position .. ' ' .. ARGV[2])
+return position
+";
 
 /// Shares a hub's broadcasts with other processes through Redis pub/sub.
 ///
@@ -94,6 +112,13 @@ struct Shared {
     receive_queue: usize,
     publishes: mpsc::Sender<(String, Bytes)>,
     publish_queue: std::sync::Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    /// Whether the hub keeps history: then the cluster's history lives in Redis, and
+    /// every broadcast, this node's included, is delivered in Redis' order.
+    ordered: AtomicBool,
+    /// Events per topic kept in Redis, in ordered mode.
+    history: AtomicUsize,
+    /// Makes each new epoch unlike any other.
+    epochs: AtomicU64,
     subscriptions: mpsc::UnboundedSender<Interest>,
     subscription_queue: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
     counters: Counters,
@@ -103,6 +128,27 @@ impl Shared {
     /// The Redis channel of `topic`.
     fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
+    }
+
+    /// The key of the hash holding `topic`'s epoch (`e`) and last position (`s`).
+    fn meta_key(&self, topic: &str) -> String {
+        format!("{}m:{topic}", self.prefix)
+    }
+
+    /// The key of the stream holding `topic`'s last events, each at the id `POSITION-0`.
+    fn stream_key(&self, topic: &str) -> String {
+        format!("{}s:{topic}", self.prefix)
+    }
+
+    /// An epoch for a topic that has none in Redis: unlike every other, so that ids of a
+    /// history Redis lost never match those of the one that replaces it.
+    fn new_epoch(&self) -> String {
+        use std::hash::BuildHasher;
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:x}",
+            std::hash::RandomState::new().hash_one((self.node, n))
+        )
     }
 
     /// `call`, or an error once it has taken longer than the timeout.
@@ -133,6 +179,7 @@ struct Counters {
     malformed: AtomicU64,
     reconnects: AtomicU64,
     subscribed: AtomicUsize,
+    lost: AtomicU64,
 }
 
 enum Interest {
@@ -162,6 +209,10 @@ pub struct RedisStats {
     pub reconnects: u64,
     /// Topics this node listens to in Redis.
     pub subscribed_topics: usize,
+    /// With history: gaps in a topic's positions that this node could not fill from
+    /// Redis (events trimmed away, or lost with Redis' data); each was announced to the
+    /// topic's subscribers here with `lost`.
+    pub lost: u64,
 }
 
 impl RedisBackplane {
@@ -198,6 +249,7 @@ impl RedisBackplane {
             malformed: c.malformed.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             subscribed_topics: c.subscribed.load(Ordering::Acquire),
+            lost: c.lost.load(Ordering::Relaxed),
         }
     }
 }
@@ -259,6 +311,9 @@ impl RedisBackplaneBuilder {
                 publish_queue: std::sync::Mutex::new(Some(publish_queue)),
                 subscriptions,
                 subscription_queue: std::sync::Mutex::new(Some(subscription_queue)),
+                ordered: AtomicBool::new(false),
+                history: AtomicUsize::new(0),
+                epochs: AtomicU64::new(0),
                 counters: Counters::default(),
             }),
         })
@@ -292,16 +347,27 @@ impl Backplane for RedisBackplane {
             tracing::error!("a RedisBackplane serves one hub; this one is started already");
             return;
         };
+        let history = remote.history();
+        self.shared.history.store(history, Ordering::Release);
+        self.shared.ordered.store(history > 0, Ordering::Release);
         let shared = Arc::clone(&self.shared);
         self.shared
             .runtime
             .spawn(run(shared, publishes, subscriptions, remote));
     }
 
+    fn delivers_own(&self) -> bool {
+        self.shared.ordered.load(Ordering::Acquire)
+    }
+
     fn publish(&self, topic: &str, event: &Arc<Event>) {
         let message = wire::encode(self.shared.node, event);
-        let channel = self.shared.channel(topic);
-        if self.shared.publishes.try_send((channel, message)).is_err() {
+        if self
+            .shared
+            .publishes
+            .try_send((topic.to_owned(), message))
+            .is_err()
+        {
             self.shared
                 .counters
                 .not_delivered
@@ -324,11 +390,33 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// The queues the task drains, and the topics the hub wants.
+/// The queues the task drains, the topics the hub wants, and where this node stands in
+/// each topic's history.
 struct Work {
     publishes: mpsc::Receiver<(String, Bytes)>,
     interests: mpsc::UnboundedReceiver<Interest>,
     topics: HashSet<String>,
+    positions: Positions,
+}
+
+/// The last position this node has delivered of each topic it listens to, in ordered
+/// mode. Shared by the loops of one task, never across an await.
+type Positions = std::sync::Mutex<HashMap<String, Position>>;
+
+/// Where a node stands in a topic's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Position {
+    /// `None`: the topic had no history in Redis when the node looked; the first epoch
+    /// it sees is taken from its start.
+    epoch: Option<String>,
+    /// The last position delivered, 0 before the first.
+    at: u64,
+}
+
+fn lock_positions(positions: &Positions) -> std::sync::MutexGuard<'_, HashMap<String, Position>> {
+    positions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The backplane's task: connect, subscribe, then publish, receive, follow the hub's
@@ -344,6 +432,7 @@ async fn run(
         publishes,
         interests,
         topics: HashSet::new(),
+        positions: Positions::default(),
     };
     let mut backoff = FIRST_BACKOFF;
     let mut connections = 0u64;
@@ -387,7 +476,7 @@ async fn session(
     connections: &mut u64,
 ) -> RedisError {
     let (push_sender, mut pushes) = mpsc::channel(shared.receive_queue);
-    let (publisher, subscriber) = match connect(shared, push_sender, &work.topics).await {
+    let (mut publisher, subscriber) = match connect(shared, push_sender, &work.topics).await {
         Ok(connected) => connected,
         Err(error) => return error,
     };
@@ -399,15 +488,45 @@ async fn session(
         tracing::debug!("redis backplane connected");
     }
     shared.counters.connected.store(true, Ordering::Release);
+    let ordered = shared.ordered.load(Ordering::Acquire);
+    let script = if ordered {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(PUBLISH_SCRIPT);
+        let load = load.query_async::<String>(&mut publisher);
+        match shared.timed("loading the publish script", load).await {
+            Ok(sha) => Some(sha),
+            Err(error) => return error,
+        }
+    } else {
+        None
+    };
+    // What was published while this node was away is fetched before anything newer.
+    if ordered {
+        let followed: Vec<String> = lock_positions(&work.positions).keys().cloned().collect();
+        let caught_up = catch_up(shared, remote, &work.positions, &mut publisher, &followed);
+        if let Err(error) = caught_up.await {
+            return error;
+        }
+    }
 
     let Work {
         publishes,
         interests,
         topics,
+        positions,
     } = work;
-    let publish = publish_loop(shared, publishes, publisher.clone());
-    let receive = receive_loop(shared, remote, &mut pushes);
-    let follow = follow_loop(shared, interests, topics, subscriber.clone());
+    let publish = publish_loop(shared, publishes, publisher.clone(), script.as_deref());
+    let receive = receive_loop(shared, remote, &mut pushes, positions, publisher.clone());
+    let follow = follow_loop(
+        shared,
+        remote,
+        Batch {
+            topics,
+            positions,
+            interests,
+        },
+        [subscriber.clone(), publisher.clone()],
+    );
     let check = check_loop(shared, [publisher, subscriber]);
     match tokio::try_join!(publish, receive, follow, check) {
         Err(error) => error,
@@ -464,19 +583,36 @@ async fn connect(
     Ok((publisher, subscriber))
 }
 
-/// Sends what the hub publishes, a pipeline per round trip.
+/// Sends what the hub publishes, a pipeline per round trip: plain publishes, or with
+/// `script` (ordered mode) each appended to its topic's history as it is published.
 async fn publish_loop(
     shared: &Shared,
     publishes: &mut mpsc::Receiver<(String, Bytes)>,
     mut publisher: MultiplexedConnection,
+    script: Option<&str>,
 ) -> Result<Infallible, RedisError> {
     let mut batch = Vec::with_capacity(PIPELINE);
+    let history = shared.history.load(Ordering::Acquire);
     loop {
         // The sender lives in the backplane, so the queue never ends while the task runs.
         publishes.recv_many(&mut batch, PIPELINE).await;
         let mut pipeline = redis::pipe();
-        for (channel, message) in &batch {
-            pipeline.publish(channel, &message[..]).ignore();
+        for (topic, message) in &batch {
+            let channel = shared.channel(topic);
+            match script {
+                Some(sha) => pipeline
+                    .cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(2)
+                    .arg(shared.meta_key(topic))
+                    .arg(shared.stream_key(topic))
+                    .arg(channel)
+                    .arg(&message[..])
+                    .arg(history)
+                    .arg(shared.new_epoch())
+                    .ignore(),
+                None => pipeline.publish(channel, &message[..]).ignore(),
+            };
         }
         let sent = shared
             .timed("publishing", pipeline.query_async::<()>(&mut publisher))
@@ -492,13 +628,17 @@ async fn publish_loop(
     }
 }
 
-/// Hands what other nodes publish to the hub, as it arrives.
+/// Hands what other nodes publish to the hub, as it arrives; in ordered mode, what this
+/// node published too, and what the positions show it missed, fetched from the history.
 async fn receive_loop(
     shared: &Shared,
     remote: &Remote,
     pushes: &mut mpsc::Receiver<PushInfo>,
+    positions: &Positions,
+    mut reader: MultiplexedConnection,
 ) -> Result<Infallible, RedisError> {
     let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+    let ordered = shared.ordered.load(Ordering::Acquire);
     loop {
         if pushes.recv_many(&mut batch, RECEIVE_BATCH).await == 0 {
             return Err(lost("the connection dropped its receive queue"));
@@ -507,7 +647,14 @@ async fn receive_loop(
             if push.kind == PushKind::Disconnection {
                 return Err(lost("the subscribing connection closed"));
             }
-            receive(shared, remote, push);
+            let Some((topic, payload)) = message(shared, push) else {
+                continue;
+            };
+            if ordered {
+                receive_ordered(shared, remote, positions, &mut reader, &topic, payload).await?;
+            } else {
+                receive(shared, remote, &topic, payload);
+            }
         }
     }
 }
@@ -515,16 +662,23 @@ async fn receive_loop(
 /// Follows the hub's interest, sending Redis each batch's net change.
 async fn follow_loop(
     shared: &Shared,
-    interests: &mut mpsc::UnboundedReceiver<Interest>,
-    topics: &mut HashSet<String>,
-    mut subscriber: MultiplexedConnection,
+    remote: &Remote,
+    mut work: Batch<'_>,
+    mut connections: [MultiplexedConnection; 2],
 ) -> Result<Infallible, RedisError> {
     loop {
-        let Some(first) = interests.recv().await else {
+        let Some(first) = work.interests.recv().await else {
             return Err(lost("the hub's interest queue ended"));
         };
-        follow_batch(shared, topics, first, interests, &mut subscriber).await?;
+        follow_batch(shared, remote, &mut work, first, &mut connections).await?;
     }
+}
+
+/// What the follow loop keeps up to date.
+struct Batch<'a> {
+    topics: &'a mut HashSet<String>,
+    positions: &'a Positions,
+    interests: &'a mut mpsc::UnboundedReceiver<Interest>,
 }
 
 /// PINGs both connections every ping interval: one that gets no answer within the
@@ -548,15 +702,23 @@ async fn check_loop(
     }
 }
 
-/// Applies `first` and whatever else is waiting to `topics`, and sends Redis only each
-/// topic's net change, many channels per command.
+/// Applies `first` and whatever else is waiting to the topics, and sends Redis only each
+/// topic's net change, many channels per command. In ordered mode a joining topic's
+/// position is read before it is subscribed to and again once the subscription has
+/// taken effect, and what was published between is fetched: nothing published after the
+/// hub asked for the topic is missed.
 async fn follow_batch(
     shared: &Shared,
-    topics: &mut HashSet<String>,
+    remote: &Remote,
+    work: &mut Batch<'_>,
     first: Interest,
-    interests: &mut mpsc::UnboundedReceiver<Interest>,
-    subscriber: &mut MultiplexedConnection,
+    [subscriber, reader]: &mut [MultiplexedConnection; 2],
 ) -> redis::RedisResult<()> {
+    let Batch {
+        topics,
+        positions,
+        interests,
+    } = work;
     let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
     let mut was_listening = HashMap::new();
     for interest in std::iter::once(first).chain(waiting) {
@@ -571,25 +733,46 @@ async fn follow_batch(
     let (mut join, mut leave) = (Vec::new(), Vec::new());
     for (topic, was) in was_listening {
         match (was, topics.contains(&topic)) {
-            (false, true) => join.push(shared.channel(&topic)),
-            (true, false) => leave.push(shared.channel(&topic)),
+            (false, true) => join.push(topic),
+            (true, false) => leave.push(topic),
             _ => {}
         }
     }
+    let ordered = shared.ordered.load(Ordering::Acquire);
+    if !join.is_empty() {
+        if ordered {
+            let names: Vec<&str> = join.iter().map(String::as_str).collect();
+            let found = stand(shared, reader, &names).await?;
+            let mut known = lock_positions(positions);
+            for (topic, position) in join.iter().zip(found) {
+                known.entry(topic.clone()).or_insert(position);
+            }
+        }
+        let channels: Vec<String> = join.iter().map(|topic| shared.channel(topic)).collect();
+        shared
+            .timed("subscribing", subscriber.subscribe(&channels))
+            .await?;
+        if ordered {
+            catch_up(shared, remote, positions, reader, &join).await?;
+        }
+    }
+    if !leave.is_empty() {
+        {
+            let mut known = lock_positions(positions);
+            for topic in &leave {
+                known.remove(topic);
+            }
+        }
+        let channels: Vec<String> = leave.iter().map(|topic| shared.channel(topic)).collect();
+        shared
+            .timed("unsubscribing", subscriber.unsubscribe(&channels))
+            .await?;
+    }
+    // Listening to them now.
     shared
         .counters
         .subscribed
         .store(topics.len(), Ordering::Release);
-    if !join.is_empty() {
-        shared
-            .timed("subscribing", subscriber.subscribe(&join))
-            .await?;
-    }
-    if !leave.is_empty() {
-        shared
-            .timed("unsubscribing", subscriber.unsubscribe(&leave))
-            .await?;
-    }
     Ok(())
 }
 
@@ -600,36 +783,313 @@ fn follow(topics: &mut HashSet<String>, interest: Interest) {
     };
 }
 
-/// Delivers a message from Redis to local subscribers, unless it is this node's own.
-/// Other pushes (subscription confirmations) are not messages and are passed over.
-fn receive(shared: &Shared, remote: &Remote, push: PushInfo) {
+/// The topic and payload of a message from Redis. Other pushes (subscription
+/// confirmations) are not messages and are passed over.
+fn message(shared: &Shared, push: PushInfo) -> Option<(String, Bytes)> {
     if push.kind != PushKind::Message {
-        return;
+        return None;
     }
     let mut data = push.data.into_iter();
     let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
         (data.next(), data.next())
     else {
         shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     };
-    let Some(topic) = std::str::from_utf8(&channel)
-        .ok()
-        .and_then(|channel| channel.strip_prefix(shared.prefix.as_str()))
-    else {
-        return;
-    };
-    match wire::decode(Bytes::from(payload)) {
-        Ok((origin, _)) if origin == shared.node => {}
-        Ok((_, event)) => {
-            shared.counters.received.fetch_add(1, Ordering::Relaxed);
-            remote.deliver(topic, event);
-        }
+    let topic = String::from_utf8(channel)
+        .ok()?
+        .strip_prefix(shared.prefix.as_str())?
+        .to_owned();
+    Some((topic, Bytes::from(payload)))
+}
+
+/// Decodes a message of the wire format, or counts and logs it as malformed.
+fn decode(shared: &Shared, topic: &str, message: Bytes) -> Option<(u64, Event)> {
+    match wire::decode(message) {
+        Ok(decoded) => Some(decoded),
         Err(error) => {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, topic, "skipped a message from redis");
+            None
         }
     }
+}
+
+/// Delivers a message from Redis to local subscribers, unless it is this node's own.
+fn receive(shared: &Shared, remote: &Remote, topic: &str, payload: Bytes) {
+    match decode(shared, topic, payload) {
+        Some((origin, _)) if origin == shared.node => {}
+        Some((_, event)) => {
+            shared.counters.received.fetch_add(1, Ordering::Relaxed);
+            remote.deliver(topic, event);
+        }
+        None => {}
+    }
+}
+
+/// Delivers a message of ordered mode, `EPOCH POSITION MESSAGE`, after what the node
+/// missed before it: the positions between the last one delivered and this one, fetched
+/// from the topic's history, or a gap where the history no longer holds them.
+async fn receive_ordered(
+    shared: &Shared,
+    remote: &Remote,
+    positions: &Positions,
+    reader: &mut MultiplexedConnection,
+    topic: &str,
+    payload: Bytes,
+) -> redis::RedisResult<()> {
+    let Some((epoch, at, message)) = split_ordered(payload) else {
+        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    };
+    let last = {
+        let mut known = lock_positions(positions);
+        let Some(position) = known.get_mut(topic) else {
+            drop(known);
+            // Not followed (any more): delivered as it comes.
+            deliver_ordered(shared, remote, topic, &epoch, at, message);
+            return Ok(());
+        };
+        match position.epoch.as_deref() {
+            Some(known) if known == epoch => position.at,
+            None => {
+                position.epoch = Some(epoch.clone());
+                position.at
+            }
+            Some(_) => {
+                // Redis lost the history this node stood in: what it held after that
+                // point is gone, and the new epoch is taken from its start.
+                *position = Position {
+                    epoch: Some(epoch.clone()),
+                    at: 0,
+                };
+                drop(known);
+                announce_gap(shared, remote, topic);
+                0
+            }
+        }
+    };
+    if at > last + 1 {
+        fill(
+            shared,
+            remote,
+            positions,
+            reader,
+            topic,
+            &epoch,
+            last,
+            Some(at),
+        )
+        .await?;
+    }
+    if advance(positions, topic, &epoch, at).is_some() {
+        deliver_ordered(shared, remote, topic, &epoch, at, message);
+    }
+    Ok(())
+}
+
+/// Moves `topic`'s position in `epoch` to `at`, if that is past it, and returns where it
+/// stood; `None` when `at` was delivered already (or the epoch has changed since). A topic
+/// not followed stands just before whatever comes.
+fn advance(positions: &Positions, topic: &str, epoch: &str, at: u64) -> Option<u64> {
+    let mut known = lock_positions(positions);
+    let Some(position) = known.get_mut(topic) else {
+        return Some(at.saturating_sub(1));
+    };
+    if position.epoch.as_deref() != Some(epoch) || at <= position.at {
+        return None;
+    }
+    Some(std::mem::replace(&mut position.at, at))
+}
+
+/// Splits `EPOCH POSITION MESSAGE`.
+fn split_ordered(mut payload: Bytes) -> Option<(String, u64, Bytes)> {
+    let mut field = || {
+        let end = payload.iter().position(|&b| b == b' ')?;
+        let field = String::from_utf8(payload.split_to(end).to_vec()).ok()?;
+        payload.advance(1);
+        Some(field)
+    };
+    let epoch = field()?;
+    let at = field()?.parse().ok()?;
+    Some((epoch, at, payload))
+}
+
+/// Delivers the event of `message` at position `at` of `topic`'s history, with the id
+/// that names that position on every node, unless its publisher chose one.
+fn deliver_ordered(
+    shared: &Shared,
+    remote: &Remote,
+    topic: &str,
+    epoch: &str,
+    at: u64,
+    message: Bytes,
+) {
+    let Some((_, mut event)) = decode(shared, topic, message) else {
+        return;
+    };
+    if event.event_id().is_none() {
+        event.assign_id(format!("{epoch}-{at}"));
+    }
+    shared.counters.received.fetch_add(1, Ordering::Relaxed);
+    remote.deliver(topic, event);
+}
+
+/// Tells `topic`'s subscribers on this node that events of it are missing, and counts it.
+fn announce_gap(shared: &Shared, remote: &Remote, topic: &str) {
+    shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(topic, "events missing from the cluster's history");
+    remote.lost(topic);
+}
+
+/// Fetches and delivers `topic`'s events of `epoch` after position `after` and before
+/// `before` (to the newest without it) from its history, announcing a gap where it
+/// skips some. What another loop delivered meanwhile is not delivered again.
+#[allow(clippy::too_many_arguments)]
+async fn fill(
+    shared: &Shared,
+    remote: &Remote,
+    positions: &Positions,
+    reader: &mut MultiplexedConnection,
+    topic: &str,
+    epoch: &str,
+    after: u64,
+    before: Option<u64>,
+) -> redis::RedisResult<()> {
+    let end = before.map_or_else(|| "+".to_owned(), |before| format!("{}-0", before - 1));
+    let mut range = redis::cmd("XRANGE");
+    range
+        .arg(shared.stream_key(topic))
+        .arg(format!("{}-0", after + 1))
+        .arg(end);
+    let range = range.query_async::<Value>(reader);
+    let entries = shared.timed("reading a history", range).await?;
+    for (at, message) in stream_entries(entries) {
+        if let Some(last) = advance(positions, topic, epoch, at) {
+            if at > last + 1 {
+                announce_gap(shared, remote, topic);
+            }
+            deliver_ordered(shared, remote, topic, epoch, at, message);
+        }
+    }
+    // Trimmed away up to the message that showed the gap.
+    if let Some(before) = before
+        && advance(positions, topic, epoch, before - 1).is_some_and(|last| last + 1 < before)
+    {
+        announce_gap(shared, remote, topic);
+    }
+    Ok(())
+}
+
+/// The entries of an XRANGE reply: each one's position and message.
+fn stream_entries(reply: Value) -> impl Iterator<Item = (u64, Bytes)> {
+    let Value::Array(entries) = reply else {
+        return Vec::new().into_iter();
+    };
+    let parsed: Vec<(u64, Bytes)> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut entry) = entry else {
+                return None;
+            };
+            let fields = entry.pop()?;
+            let Value::BulkString(id) = entry.pop()? else {
+                return None;
+            };
+            let at = std::str::from_utf8(&id)
+                .ok()?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            let Value::Array(mut fields) = fields else {
+                return None;
+            };
+            let Value::BulkString(message) = fields.pop()? else {
+                return None;
+            };
+            Some((at, Bytes::from(message)))
+        })
+        .collect();
+    parsed.into_iter()
+}
+
+/// Where each of `topics` stands in Redis now: its epoch and last position.
+async fn stand(
+    shared: &Shared,
+    reader: &mut MultiplexedConnection,
+    topics: &[&str],
+) -> redis::RedisResult<Vec<Position>> {
+    let mut found = Vec::with_capacity(topics.len());
+    for chunk in topics.chunks(INTEREST_BATCH) {
+        let mut pipeline = redis::pipe();
+        for topic in chunk {
+            pipeline
+                .cmd("HMGET")
+                .arg(shared.meta_key(topic))
+                .arg("e")
+                .arg("s");
+        }
+        let replies: Vec<(Option<String>, Option<u64>)> = shared
+            .timed("reading positions", pipeline.query_async(reader))
+            .await?;
+        found.extend(replies.into_iter().map(|(epoch, at)| Position {
+            at: if epoch.is_some() { at.unwrap_or(0) } else { 0 },
+            epoch,
+        }));
+    }
+    Ok(found)
+}
+
+/// Brings this node's positions in `topics` up to where Redis stands: delivers what each
+/// gained since (after a reconnect, or while a new topic's subscription took effect),
+/// and announces a gap where Redis lost the history the node stood in.
+async fn catch_up(
+    shared: &Shared,
+    remote: &Remote,
+    positions: &Positions,
+    reader: &mut MultiplexedConnection,
+    topics: &[String],
+) -> redis::RedisResult<()> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let now = stand(shared, reader, &names).await?;
+    for (topic, now) in topics.iter().zip(now) {
+        let Some(was) = lock_positions(positions).get(topic).cloned() else {
+            continue;
+        };
+        let from = match (was.epoch, now.epoch) {
+            (Some(was_epoch), Some(epoch)) if was_epoch == epoch => {
+                (now.at > was.at).then_some((epoch, was.at))
+            }
+            (None, Some(epoch)) => Some((epoch, was.at)),
+            (None, None) => None,
+            // Redis lost the history the node stood in: the new epoch from its start.
+            (Some(_), Some(epoch)) => {
+                announce_gap(shared, remote, topic);
+                Some((epoch, 0))
+            }
+            (Some(_), None) => {
+                announce_gap(shared, remote, topic);
+                let fresh = Position { epoch: None, at: 0 };
+                lock_positions(positions).insert(topic.clone(), fresh);
+                None
+            }
+        };
+        if let Some((epoch, after)) = from {
+            lock_positions(positions).insert(
+                topic.clone(),
+                Position {
+                    epoch: Some(epoch.clone()),
+                    at: after,
+                },
+            );
+            fill(
+                shared, remote, positions, reader, topic, &epoch, after, None,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn lost(what: &'static str) -> RedisError {

@@ -7,8 +7,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
+
+use bytes::Bytes;
 
 use super::CloseReason;
 use crate::Event;
@@ -61,6 +63,9 @@ pub(super) enum Read {
     Lagged(u64),
     /// Nothing new.
     Empty,
+    /// The next thing in the ring is a gap: events of the topic that this node could not
+    /// get are missing there. The cursor has moved past it.
+    Lost,
 }
 
 impl Channel {
@@ -177,6 +182,16 @@ impl ChannelState {
         {
             event.assign_id(format_id(self.retention.epoch, self.next_seq));
         }
+        self.append(event, wake)
+    }
+
+    /// Marks a gap: events of the topic are missing here, which no one on this node will
+    /// get. Every subscriber, and every later resume that replays past it, is told.
+    pub(super) fn push_gap(&mut self, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
+        self.append(Arc::clone(gap()), wake)
+    }
+
+    fn append(&mut self, event: Arc<Event>, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
         let evicted = if self.ring.len() == self.retention.capacity {
             self.ring.pop_front().map(|slot| slot.event)
         } else {
@@ -192,7 +207,8 @@ impl ChannelState {
         evicted
     }
 
-    /// Hands up to `limit` events after `cursor` to `deliver`, advancing the cursor.
+    /// Hands up to `limit` events after `cursor` to `deliver`, advancing the cursor. A
+    /// gap ends the run before it, and is reported by the next read on its own.
     pub(super) fn read(
         &mut self,
         cursor: &mut u64,
@@ -206,13 +222,25 @@ impl ChannelState {
             return Read::Lagged(missed);
         }
         let start = (*cursor - oldest) as usize;
-        let count = (self.ring.len() - start).min(limit);
-        if count == 0 {
+        let available = (self.ring.len() - start).min(limit);
+        if available == 0 {
             return Read::Empty;
         }
-        for slot in self.ring.range_mut(start..start + count) {
+        let gap = gap();
+        let mut count = 0;
+        for slot in self.ring.range_mut(start..start + available) {
+            if Arc::ptr_eq(&slot.event, gap) {
+                if count == 0 {
+                    slot.unread -= 1;
+                    *cursor += 1;
+                    self.trim();
+                    return Read::Lost;
+                }
+                break;
+            }
             slot.unread -= 1;
             deliver(Arc::clone(&slot.event));
+            count += 1;
         }
         *cursor += count as u64;
         // Before trimming, which shifts the ring's indices.
@@ -265,6 +293,13 @@ fn parse_id(id: &str, epoch: u64) -> Option<u64> {
     (u64::from_str_radix(id_epoch, 16).ok()? == epoch)
         .then(|| seq.parse().ok())
         .flatten()
+}
+
+/// The one event that stands for a gap in a ring: recognised by address, so that a slot
+/// needs no field of its own for it.
+fn gap() -> &'static Arc<Event> {
+    static GAP: OnceLock<Arc<Event>> = OnceLock::new();
+    GAP.get_or_init(|| Arc::new(Event::new(Bytes::new())))
 }
 
 /// Slots an emptied ring keeps allocated, so that a steady trickle of events does not

@@ -69,7 +69,7 @@ pub(crate) struct HubCore {
     shards: Box<[Shard]>,
     hasher: RandomState,
     buffer: usize,
-    history: usize,
+    pub(crate) history: usize,
     /// Topics kept for their history without a subscriber, per shard.
     idle_per_shard: usize,
     lag_policy: LagPolicy,
@@ -77,6 +77,9 @@ pub(crate) struct HubCore {
     /// Source of channel epochs: unique within the hub, and unlike the previous run's.
     epochs: AtomicU64,
     backplane: Option<Arc<dyn Backplane>>,
+    /// Whether the backplane hands this node's broadcasts back in the cluster's order
+    /// ([`Backplane::delivers_own`]); set once it has started.
+    ordered: AtomicBool,
     /// Dropped with the hub, which tells the backplane's task to end.
     _alive: Option<tokio::sync::watch::Sender<()>>,
 }
@@ -290,6 +293,7 @@ impl HubBuilder {
                 lag_policy: self.lag_policy,
                 closed: AtomicBool::new(false),
                 epochs: AtomicU64::new(start),
+                ordered: AtomicBool::new(false),
                 _alive: self.backplane.is_some().then_some(alive),
                 backplane: self.backplane,
             }),
@@ -299,6 +303,9 @@ impl HubBuilder {
                 hub: Arc::downgrade(&hub.inner),
                 alive: alive_receiver,
             });
+            hub.inner
+                .ordered
+                .store(backplane.delivers_own(), Ordering::Release);
         }
         hub
     }
@@ -539,6 +546,15 @@ impl HubCore {
         };
         let hash = self.hasher.hash_one(topic);
         let shard = self.shard(hash);
+        if let Some(backplane) = backplane.filter(|_| self.ordered.load(Ordering::Acquire)) {
+            // Delivered here too once it comes back, in the cluster's order.
+            backplane.publish(topic, &event);
+            let state = lock(&shard.state);
+            return state
+                .topics
+                .find(hash, |channel| channel.is(topic))
+                .map_or(0, |channel| lock(&channel.state).live);
+        }
         let (reached, published, _evicted) = with_wake_list(|wake| {
             let mut state = lock(&shard.state);
             state.broadcasts += 1;
@@ -557,6 +573,21 @@ impl HubCore {
         if let (Some(backplane), Some(event)) = (backplane, published) {
             backplane.publish(topic, &event);
         }
+        reached
+    }
+
+    /// Marks a gap in `topic`'s ring, if this node knows the topic; returns how many
+    /// subscribers it has.
+    pub(crate) fn mark_lost(&self, topic: &str) -> usize {
+        let hash = self.hasher.hash_one(topic);
+        let (reached, _evicted) = with_wake_list(|wake| {
+            let state = lock(&self.shard(hash).state);
+            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
+                return (0, None);
+            };
+            let mut channel = lock(&channel.state);
+            (channel.live, channel.push_gap(wake))
+        });
         reached
     }
 

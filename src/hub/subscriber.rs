@@ -163,6 +163,12 @@ pub enum Received<'a> {
         /// How many of its events were skipped.
         missed: u64,
     },
+    /// Events of `topic` are missing here, how many unknown ([`RecvError::Lost`]); it
+    /// goes on with the events after the gap.
+    Lost {
+        /// The topic with the gap.
+        topic: &'a str,
+    },
     /// The subscription of `topic` ended; the topic is no longer in the set.
     Closed {
         /// The topic that left the set.
@@ -197,6 +203,7 @@ pub(crate) struct Joined {
 pub(crate) enum Item {
     Event(usize, Arc<Event>),
     Lagged(usize, u64),
+    Lost(usize),
     /// The topic has left the set.
     Closed(String, CloseReason),
 }
@@ -268,7 +275,7 @@ impl Subscriber {
             self.only = None;
         }
         self.held.retain(|item| match item {
-            Item::Event(of, _) | Item::Lagged(of, _) => *of != key,
+            Item::Event(of, _) | Item::Lagged(of, _) | Item::Lost(of) => *of != key,
             Item::Closed(..) => true,
         });
         true
@@ -318,6 +325,9 @@ impl Subscriber {
             Item::Lagged(key, missed) => Received::Lagged {
                 topic: self.topic(key),
                 missed,
+            },
+            Item::Lost(key) => Received::Lost {
+                topic: self.topic(key),
             },
             Item::Closed(topic, reason) => Received::Closed { topic, reason },
         })
@@ -462,6 +472,10 @@ impl Subscriber {
             .poll_each(cx, limit, |event| out.push(Item::Event(key, event)))
         {
             Poll::Ready(Ok((_, caught_up))) => Poll::Ready(!caught_up),
+            Poll::Ready(Err(RecvError::Lost)) => {
+                out.push(Item::Lost(key));
+                Poll::Ready(true)
+            }
             Poll::Ready(Err(RecvError::Lagged(missed))) => {
                 out.push(Item::Lagged(key, missed));
                 Poll::Ready(true)
@@ -500,6 +514,10 @@ impl Subscriber {
                 if !caught_up {
                     waker.mark();
                 }
+            }
+            Poll::Ready(Err(RecvError::Lost)) => {
+                out.push(Item::Lost(key));
+                waker.mark();
             }
             Poll::Ready(Err(RecvError::Lagged(missed))) => {
                 out.push(Item::Lagged(key, missed));

@@ -39,6 +39,11 @@ pub enum RecvError {
     /// The subscriber's buffer overflowed and this many events were skipped
     /// ([`LagPolicy::Skip`]); the next read goes on with the oldest event still held.
     Lagged(u64),
+    /// Events of the topic are missing here, how many unknown: the cluster could not get
+    /// them to this node (with a [backplane](crate::backplane) that keeps the cluster's
+    /// history, events that Redis lost or trimmed before this node fetched them). The next
+    /// read goes on with the events after the gap.
+    Lost,
     /// The subscription has ended and will yield nothing more.
     Closed(CloseReason),
 }
@@ -47,6 +52,9 @@ impl fmt::Display for RecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Lagged(missed) => write!(f, "subscriber lagged and missed {missed} events"),
+            Self::Lost => {
+                f.write_str("events of the topic were lost before they reached this node")
+            }
             Self::Closed(reason) => write!(f, "subscription closed: {reason}"),
         }
     }
@@ -200,6 +208,7 @@ impl Subscription {
                 drop(channel);
                 Poll::Ready(Err(self.lagged(missed)))
             }
+            Read::Lost => Poll::Ready(Err(RecvError::Lost)),
             Read::Empty => match channel.closed {
                 Some(reason) => {
                     self.closed = Some(reason);
@@ -235,6 +244,8 @@ impl Stream for Subscription {
         self.get_mut().poll_recv(cx).map(|result| match result {
             Ok(event) => Some(Ok(event)),
             Err(RecvError::Lagged(missed)) => Some(Err(Lagged(missed))),
+            // Missed too, how many unknown.
+            Err(RecvError::Lost) => Some(Err(Lagged(0))),
             Err(RecvError::Closed(_)) => None,
         })
     }

@@ -77,17 +77,7 @@ impl SseBody {
         opening.push('\n');
         let mut opening = BytesMut::from(opening.as_bytes());
         for key in lost {
-            if several {
-                // The topic in the data; a topic with a line break spans data lines.
-                let notice = Event::new(subscriber.topic(key).to_owned())
-                    .event("lost")
-                    .map(|event| event.to_sse());
-                if let Ok(notice) = notice {
-                    opening.extend_from_slice(&notice);
-                }
-            } else {
-                opening.extend_from_slice(LOST.as_bytes());
-            }
+            put_lost(&mut opening, &subscriber, key, several);
         }
         let keep_alive = config.keep_alive;
         let now = Instant::now();
@@ -176,6 +166,11 @@ impl SseBody {
                         .in_scope(|| tracing::debug!(missed, "lagged: events skipped"));
                     run.extend_from_slice(format!(": missed {missed} events\n\n").as_bytes());
                 }
+                Item::Lost(key) => {
+                    self.span
+                        .in_scope(|| tracing::debug!("lost: events missing from the history"));
+                    put_lost(&mut run, &self.subscriber, *key, self.positions.is_some());
+                }
                 Item::Closed(_, reason) => {
                     self.ended = Some(*reason);
                     self.next = self.batch.len();
@@ -189,6 +184,22 @@ impl SseBody {
             self.next = 0;
         }
         run.freeze()
+    }
+}
+
+/// Tells the client that events of the topic of `key` are missing: the `lost` event, whose
+/// data names the topic in a stream of several.
+fn put_lost(out: &mut BytesMut, subscriber: &Subscriber, key: usize, several: bool) {
+    if !several {
+        out.extend_from_slice(LOST.as_bytes());
+        return;
+    }
+    // The topic in the data; a topic with a line break spans data lines.
+    let notice = Event::new(subscriber.topic(key).to_owned())
+        .event("lost")
+        .map(|event| event.to_sse());
+    if let Ok(notice) = notice {
+        out.extend_from_slice(&notice);
     }
 }
 

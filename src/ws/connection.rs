@@ -545,6 +545,13 @@ where
                         frame::put(self.out.bytes(), Opcode::Text, &[&notice]);
                     }
                 }
+                Item::Lost(key) => {
+                    tracing::debug!(
+                        topic = self.topics.topic(*key),
+                        "lost: events missing from the history"
+                    );
+                    self.put_lost(*key);
+                }
                 Item::Closed(_, reason) => return Err(closed_by_hub(*reason)),
             }
             self.next += 1;
