@@ -623,6 +623,27 @@ async fn with_history_every_node_gives_an_event_the_same_id_and_a_client_resumes
         "e5",
         "then live, nothing twice"
     );
+
+    // On A, which has never had a subscriber of the topic, the resume is served from
+    // Redis, then live, while publishers go on.
+    let mut on_a = SseClient::connect_with(
+        a.addr,
+        "/?topic=t",
+        &format!("Last-Event-ID: {}\r\n", ids[0]),
+    )
+    .await;
+    b.hub.broadcast("t", "e6");
+    for expected in ["e1", "e2", "e3", "e4", "e5", "e6"] {
+        assert_eq!(on_a.next_event().await.data, expected);
+    }
+    a.hub.broadcast("t", "e7");
+    let last = on_a.next_event().await;
+    assert_eq!(last.data, "e7", "then live, nothing twice");
+    assert!(last.id.expect("an id").ends_with("-8"));
+
+    // An id beyond the history, or of another epoch, is told as lost.
+    let (mut unknown, _) = a.hub.resume("t", "0-1");
+    assert_eq!(next_item(&mut unknown).await, "lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,7 @@ mod wire;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisBackplane, RedisBackplaneBuilder, RedisStats};
@@ -61,6 +61,19 @@ pub trait Backplane: Send + Sync + 'static {
     /// This node has forgotten `topic`: stop listening to it.
     fn unsubscribe(&self, topic: &str);
 
+    /// The events of `topic` after the event `after` that the cluster's history holds,
+    /// for a resume that this node's own history cannot serve (the topic is new here, or
+    /// the id older than what this node kept): the hub delivers them before what arrives
+    /// next, skipping what both hold. `None` when the backplane keeps no history or
+    /// `after` is not one of its ids; the resume is then incomplete. The answer must
+    /// come after this node follows the topic (the [`subscribe`](Self::subscribe) that
+    /// precedes the call for a topic new here), so that nothing falls between.
+    /// Default: `None`.
+    fn history(&self, topic: &str, after: &str) -> Option<oneshot::Receiver<History>> {
+        let _ = (topic, after);
+        None
+    }
+
     /// Whether this node's broadcasts come back through [`Remote::deliver`] like every
     /// other node's, once the engine has put them in the cluster's order: the hub then
     /// hands them only to the backplane, so that every node delivers the same events in
@@ -68,6 +81,25 @@ pub trait Backplane: Send + Sync + 'static {
     /// Default: false, the hub delivers its own broadcasts at once.
     fn delivers_own(&self) -> bool {
         false
+    }
+}
+
+/// Events of one topic from the cluster's history; the answer to [`Backplane::history`].
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct History {
+    /// The events after the resume point, oldest first, each with its id.
+    pub events: Vec<Event>,
+    /// Whether events between the resume point and the first of `events` are no longer
+    /// held (trimmed away, lost with the engine's data, or the id was of an older
+    /// history): the subscriber is told so.
+    pub lost: bool,
+}
+
+impl History {
+    /// The history `events` after the resume point, with `lost` when some were missing.
+    pub fn new(events: Vec<Event>, lost: bool) -> Self {
+        Self { events, lost }
     }
 }
 

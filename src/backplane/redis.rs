@@ -24,9 +24,9 @@ use redis::{
     RedisError, Value,
 };
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Backplane, Remote, wire};
+use super::{Backplane, History, Remote, wire};
 use crate::Event;
 
 /// Publishes waiting for Redis; beyond this, a broadcast is counted as not delivered to
@@ -185,6 +185,15 @@ struct Counters {
 enum Interest {
     Subscribe(String),
     Unsubscribe(String),
+    /// A resume this node's own history cannot serve: the events of `topic` after
+    /// `at` of `epoch`. Queued with the subscribes, so that it is answered once the node
+    /// follows the topic.
+    History {
+        topic: String,
+        epoch: String,
+        at: u64,
+        reply: oneshot::Sender<History>,
+    },
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.
@@ -354,6 +363,25 @@ impl Backplane for RedisBackplane {
         self.shared
             .runtime
             .spawn(run(shared, publishes, subscriptions, remote));
+    }
+
+    fn history(&self, topic: &str, after: &str) -> Option<oneshot::Receiver<History>> {
+        if !self.shared.ordered.load(Ordering::Acquire) {
+            return None;
+        }
+        let (epoch, at) = after.rsplit_once('-')?;
+        let at = at.parse().ok()?;
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .subscriptions
+            .send(Interest::History {
+                topic: topic.to_owned(),
+                epoch: epoch.to_owned(),
+                at,
+                reply,
+            })
+            .ok()?;
+        Some(answer)
     }
 
     fn delivers_own(&self) -> bool {
@@ -721,9 +749,14 @@ async fn follow_batch(
     } = work;
     let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
     let mut was_listening = HashMap::new();
+    let mut wanted = Vec::new();
     for interest in std::iter::once(first).chain(waiting) {
         let topic = match &interest {
             Interest::Subscribe(topic) | Interest::Unsubscribe(topic) => topic,
+            Interest::History { .. } => {
+                wanted.push(interest);
+                continue;
+            }
         };
         was_listening
             .entry(topic.clone())
@@ -773,13 +806,77 @@ async fn follow_batch(
         .counters
         .subscribed
         .store(topics.len(), Ordering::Release);
+    for interest in wanted {
+        if let Interest::History {
+            topic,
+            epoch,
+            at,
+            reply,
+        } = interest
+        {
+            let history = history(shared, reader, &topic, &epoch, at).await?;
+            // A subscriber that left meanwhile does not need it.
+            let _ = reply.send(history);
+        }
+    }
     Ok(())
+}
+
+/// The events of `topic` after position `at` of `epoch` that Redis holds, and whether
+/// some between are gone: all of the current epoch's when `epoch` is an older one.
+async fn history(
+    shared: &Shared,
+    reader: &mut MultiplexedConnection,
+    topic: &str,
+    epoch: &str,
+    at: u64,
+) -> redis::RedisResult<History> {
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("HMGET")
+        .arg(shared.meta_key(topic))
+        .arg("e")
+        .arg("s")
+        .cmd("XRANGE")
+        .arg(shared.stream_key(topic))
+        .arg(format!("{}-0", at + 1))
+        .arg("+");
+    let ((current, newest), entries): ((Option<String>, Option<u64>), Value) = shared
+        .timed("reading a history", pipeline.query_async(reader))
+        .await?;
+    let Some(current) = current else {
+        // Redis holds no history of the topic.
+        return Ok(History::new(Vec::new(), true));
+    };
+    let (entries, from) = if current == epoch {
+        (entries, at + 1)
+    } else {
+        // An older history, lost: what the current one holds, from its start.
+        let mut all = redis::cmd("XRANGE");
+        all.arg(shared.stream_key(topic)).arg("-").arg("+");
+        let all = all.query_async::<Value>(reader);
+        (shared.timed("reading a history", all).await?, 1)
+    };
+    let mut events = Vec::new();
+    let mut lost = current != epoch || newest.is_some_and(|newest| at > newest);
+    let mut next = from;
+    for (position, message) in stream_entries(entries) {
+        lost |= position > next;
+        next = position + 1;
+        if let Some((_, mut event)) = decode(shared, topic, message) {
+            event.assign_id(format!("{current}-{position}"));
+            events.push(event);
+        }
+    }
+    Ok(History::new(events, lost))
 }
 
 fn follow(topics: &mut HashSet<String>, interest: Interest) {
     match interest {
         Interest::Subscribe(topic) => topics.insert(topic),
         Interest::Unsubscribe(topic) => topics.remove(&topic),
+        // Unanswered while Redis is away: the resume is told of a loss.
+        Interest::History { .. } => false,
     };
 }
 
@@ -916,7 +1013,7 @@ fn split_ordered(mut payload: Bytes) -> Option<(String, u64, Bytes)> {
 }
 
 /// Delivers the event of `message` at position `at` of `topic`'s history, with the id
-/// that names that position on every node, unless its publisher chose one.
+/// that names that position on every node (in place of one its publisher chose).
 fn deliver_ordered(
     shared: &Shared,
     remote: &Remote,
@@ -928,9 +1025,7 @@ fn deliver_ordered(
     let Some((_, mut event)) = decode(shared, topic, message) else {
         return;
     };
-    if event.event_id().is_none() {
-        event.assign_id(format!("{epoch}-{at}"));
-    }
+    event.assign_id(format!("{epoch}-{at}"));
     shared.counters.received.fetch_add(1, Ordering::Relaxed);
     remote.deliver(topic, event);
 }

@@ -382,9 +382,27 @@ impl Hub {
     /// however broadcasts race the call. When events after it are no longer retained, the
     /// subscription starts with the oldest retained event and [`Resume::EventsLost`] says
     /// so.
+    ///
+    /// With a [backplane](crate::backplane) that keeps the cluster's history, an id this
+    /// node's history does not reach is looked up there: the subscription starts with the
+    /// events the cluster's history holds after it, then live ones, and a loss there
+    /// shows as [`RecvError::Lost`] before them.
     pub fn resume(&self, topic: &str, last_event_id: &str) -> (Subscription, Resume) {
-        self.attach(topic, |channel| {
+        let mut fetched = None;
+        let (mut subscription, resume) = self.attach(topic, |channel| {
             let (cursor, lost) = channel.resume_cursor(last_event_id);
+            if lost
+                && self.inner.ordered.load(Ordering::Acquire)
+                && let Some(history) = self
+                    .inner
+                    .backplane
+                    .as_ref()
+                    .and_then(|backplane| backplane.history(topic, last_event_id))
+            {
+                // What arrives from now on follows what the cluster's history holds.
+                fetched = Some(history);
+                return (channel.tail(), Resume::Complete);
+            }
             (
                 cursor,
                 if lost {
@@ -393,7 +411,11 @@ impl Hub {
                     Resume::Complete
                 },
             )
-        })
+        });
+        if let Some(history) = fetched {
+            subscription.backfill(history, last_event_id);
+        }
+        (subscription, resume)
     }
 
     /// Subscribes to `topic` from the oldest event it retains: for a stream that has seen

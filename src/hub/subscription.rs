@@ -1,17 +1,20 @@
 //! A subscriber's handle on one topic: a [`Stream`] of shared events.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
+use tokio::sync::oneshot;
 
 use super::channel::{Channel, Read, Registration};
 use super::{CloseReason, Hub, LagPolicy, lock};
 use crate::Event;
+use crate::backplane::History;
 
 /// Receives the events broadcast to one topic, in order. Dropping it unsubscribes.
 ///
@@ -31,6 +34,28 @@ pub struct Subscription {
     closed: Option<CloseReason>,
     /// The channel's disconnect count when this subscription joined.
     disconnects: u64,
+    /// Events from the cluster's history to deliver before the ring's, while a resume
+    /// this node could not serve from its own history is being stitched together.
+    backfill: Option<Box<Backfill>>,
+}
+
+/// A resume served from the cluster's history: its events, then the ring's, of which
+/// those the history held already are skipped.
+struct Backfill {
+    /// The answer, until it comes.
+    pending: Option<oneshot::Receiver<History>>,
+    events: VecDeque<Arc<Event>>,
+    /// Whether to report a loss before the events.
+    lost: bool,
+    /// The epoch and position of the last event the history held (or of the resume
+    /// point): ring events of that epoch up to it are skipped.
+    through: Option<(String, u64)>,
+}
+
+/// The epoch and position an id of the form `EPOCH-POSITION` names.
+fn position(id: &str) -> Option<(&str, u64)> {
+    let (epoch, at) = id.rsplit_once('-')?;
+    Some((epoch, at.parse().ok()?))
 }
 
 /// Why [`Subscription::recv`] returned no event.
@@ -85,6 +110,7 @@ impl Subscription {
             registration: None,
             closed: None,
             disconnects,
+            backfill: None,
         }
     }
 
@@ -96,8 +122,20 @@ impl Subscription {
             registration: None,
             closed: Some(CloseReason::HubClosed),
             disconnects: 0,
+            backfill: None,
             hub,
         }
+    }
+
+    /// Starts the subscription with the answer of the cluster's history to a resume after
+    /// `after`.
+    pub(super) fn backfill(&mut self, history: oneshot::Receiver<History>, after: &str) {
+        self.backfill = Some(Box::new(Backfill {
+            pending: Some(history),
+            events: VecDeque::new(),
+            lost: false,
+            through: position(after).map(|(epoch, at)| (epoch.to_owned(), at)),
+        }));
     }
 
     /// The topic this subscription listens to.
@@ -180,17 +218,84 @@ impl Subscription {
         cx: &mut Context<'_>,
         limit: usize,
         register_when_caught_up: bool,
-        deliver: impl FnMut(Arc<Event>),
+        mut deliver: impl FnMut(Arc<Event>),
     ) -> Poll<Result<(usize, bool), RecvError>> {
         if let Some(reason) = self.closed {
             return Poll::Ready(Err(RecvError::Closed(reason)));
+        }
+        if let Some(backfill) = &mut self.backfill {
+            if let Some(pending) = &mut backfill.pending {
+                let history = std::task::ready!(Pin::new(pending).poll(cx))
+                    // The backplane went away without an answer.
+                    .unwrap_or_else(|_| History::new(Vec::new(), true));
+                backfill.pending = None;
+                backfill.lost = history.lost;
+                if let Some((epoch, at)) = history
+                    .events
+                    .last()
+                    .and_then(|event| position(event.event_id()?))
+                {
+                    backfill.through = Some((epoch.to_owned(), at));
+                }
+                backfill.events = history.events.into_iter().map(Arc::new).collect();
+            }
+            if std::mem::take(&mut backfill.lost) {
+                return Poll::Ready(Err(RecvError::Lost));
+            }
+            if !backfill.events.is_empty() {
+                let count = limit.min(backfill.events.len());
+                backfill.events.drain(..count).for_each(&mut deliver);
+                // Not caught up: the ring follows.
+                return Poll::Ready(Ok((count, false)));
+            }
         }
         let mut channel = lock(&self.channel.state);
         if channel.disconnects != self.disconnects {
             self.closed = Some(CloseReason::Disconnected);
             return Poll::Ready(Err(RecvError::Closed(CloseReason::Disconnected)));
         }
-        match channel.read(&mut self.cursor, limit, deliver) {
+        let read = match self
+            .backfill
+            .as_ref()
+            .and_then(|backfill| backfill.through.as_ref())
+        {
+            None => channel.read(&mut self.cursor, limit, deliver),
+            Some((epoch, through)) => {
+                // What the history held is skipped; past it, the stitch is done.
+                let (mut passed, mut skipped) = (false, 0);
+                let read = loop {
+                    let read = channel.read(&mut self.cursor, limit, |event| {
+                        let held = !passed
+                            && event
+                                .event_id()
+                                .and_then(position)
+                                .is_some_and(|(of, at)| of == epoch && at <= *through);
+                        if held {
+                            skipped += 1;
+                        } else {
+                            passed = true;
+                            deliver(event);
+                        }
+                    });
+                    match read {
+                        // Every one of them held already: look at the next ones.
+                        Read::Events { count, .. } if count == skipped => skipped = 0,
+                        read => break read,
+                    }
+                };
+                if passed {
+                    self.backfill = None;
+                }
+                match read {
+                    Read::Events { count, caught_up } => Read::Events {
+                        count: count - skipped,
+                        caught_up,
+                    },
+                    other => other,
+                }
+            }
+        };
+        match read {
             Read::Events { count, caught_up } => {
                 // Registered under the same lock, so the caller need not poll again to
                 // learn that there is nothing more.
