@@ -276,6 +276,8 @@ struct Proxy {
     /// Connections numbered below the first are frozen, the second way.
     frozen: Arc<Mutex<(u64, Option<Frozen>)>>,
     opened: Arc<AtomicU64>,
+    /// While set, new connections are closed at once.
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -285,13 +287,18 @@ impl Proxy {
         let upstream = redis.port;
         let frozen = Arc::new(Mutex::new((0, None)));
         let opened = Arc::new(AtomicU64::new(0));
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let proxy = Self {
             port,
             frozen: Arc::clone(&frozen),
             opened: Arc::clone(&opened),
+            refusing: Arc::clone(&refusing),
         };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     continue;
                 };
@@ -315,6 +322,11 @@ impl Proxy {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Closes new connections at once while `refuse` holds.
+    fn refuse(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
     }
 
     /// Stops forwarding, `way`, on every connection open now.
@@ -737,15 +749,38 @@ async fn with_history_a_node_cut_off_fetches_what_it_missed_and_says_what_is_gon
     }
     assert_eq!(b.backplane.stats().lost, 0);
 
-    // Cut off again while six are published: the history keeps the last four, so B says
-    // that the first two are gone, then delivers the four.
+    // Cut off again, and kept away, while six are published in two rounds, and the
+    // stream loses the first round (as trimming would): B says that events are gone,
+    // then delivers the second round.
+    proxy.refuse(true);
     proxy.freeze(Frozen::Both);
     wait_until("B noticed again", || !b.backplane.stats().connected).await;
-    for i in 0..6 {
-        a.hub.broadcast("t", format!("later{i}"));
+    for round in 0..2 {
+        let published = a.backplane.stats().published;
+        for i in 0..3 {
+            a.hub.broadcast("t", format!("later{}", 3 * round + i));
+        }
+        wait_until("the round is in Redis", || {
+            a.backplane.stats().published == published + 3
+        })
+        .await;
     }
+    // Positions: 1 before, 2-4 the missed ones, 5-7 the first round, 8-10 the second.
+    let mut redis_connection = redis::Client::open(redis.url())
+        .expect("a redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connected");
+    let _: i64 = redis::cmd("XTRIM")
+        .arg("fanout:s:t")
+        .arg("MINID")
+        .arg(8)
+        .query_async(&mut redis_connection)
+        .await
+        .expect("trimmed");
+    proxy.refuse(false);
     assert_eq!(next_item(&mut subscription).await, "lost");
-    for i in 2..6 {
+    for i in 3..6 {
         let item = next_item(&mut subscription).await;
         assert!(item.starts_with(&format!("later{i}@")), "{item}");
     }

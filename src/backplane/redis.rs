@@ -44,22 +44,49 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 const RECEIVE_QUEUE: usize = 16 * 1024;
 
-/// Appends an event to its topic's history and publishes it, in one step: `KEYS[1]` the
-/// topic's hash (`e` its epoch, `s` its last position), `KEYS[2]` its stream; `ARGV` the
-/// channel, the message, the history length and an epoch for a topic that has none. A
-/// topic without an epoch (new, or lost with Redis' data) starts a new one, and its
-/// stream afresh. What is published is `EPOCH POSITION MESSAGE`.
+/// Appends a batch of events to their topics' histories and publishes them, in one step.
+/// `KEYS`: for each event, its topic's hash (`e` the epoch, `s` the last position) and
+/// its stream; `ARGV`: the history length, an epoch for a topic that has none, then for
+/// each event its channel and message. A topic without an epoch (new, or lost with
+/// Redis' data) starts a new one, and its stream afresh.
+///
+/// Each topic's events of the batch take consecutive positions and travel together, as
+/// `LENGTH:MESSAGE` each: one stream entry at the id `FIRST-0`, and one message published
+/// as `EPOCH FIRST ` and them. A call from Lua costs more than the command it makes, so
+/// the work per batch is four calls per topic, whatever its number of events. The
+/// stream keeps at least the history length: entries wholly older than that are trimmed
+/// a node at a time (`MINID ~`), an entry holding at most one batch of the backplane.
 const PUBLISH_SCRIPT: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+local events = #KEYS / 2
+local batches, order = {}, {}
+for i = 1, events do
+  local meta = KEYS[2 * i - 1]
+  local parts = batches[meta]
+  if not parts then
+    parts = {}
+    batches[meta] = parts
+    order[#order + 1] = i
+  end
+  local message = ARGV[2 * i + 2]
+  parts[#parts + 1] = #message .. ':' .. message
 end
-local position = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], position .. '-0', 'd', ARGV[2])
-redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. position .. ' ' .. ARGV[2])
-return position
+for _, i in ipairs(order) do
+  local meta = KEYS[2 * i - 1]
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('DEL', KEYS[2 * i])
+    redis.call('HSET', meta, 'e', epoch, 's', 0)
+  end
+  local parts = batches[meta]
+  local last = redis.call('HINCRBY', meta, 's', #parts)
+  local first = last - #parts + 1
+  local keep = math.max(0, last - ARGV[1] - 255)
+  local batch = table.concat(parts)
+  redis.call('XADD', KEYS[2 * i], 'MINID', '~', keep, first .. '-0', 'd', batch)
+  redis.call('PUBLISH', ARGV[2 * i + 1], epoch .. ' ' .. first .. ' ' .. batch)
+end
+return events
 ";
 
 /// Shares a hub's broadcasts with other processes through Redis pub/sub.
@@ -244,6 +271,15 @@ impl RedisBackplane {
             timeout: TIMEOUT,
             receive_queue: RECEIVE_QUEUE,
         }
+    }
+
+    /// The Lua script that, with history, appends broadcasts to their topics' streams and
+    /// publishes them in one step, a batch per call; for operators who want to inspect
+    /// or measure it. Keys: for each event its topic's hash and stream; arguments: the
+    /// history length, an epoch for a topic that has none, then for each event its
+    /// channel and message.
+    pub fn publish_script() -> &'static str {
+        PUBLISH_SCRIPT
     }
 
     /// A snapshot of the counters.
@@ -625,22 +661,27 @@ async fn publish_loop(
         // The sender lives in the backplane, so the queue never ends while the task runs.
         publishes.recv_many(&mut batch, PIPELINE).await;
         let mut pipeline = redis::pipe();
-        for (topic, message) in &batch {
-            let channel = shared.channel(topic);
-            match script {
-                Some(sha) => pipeline
-                    .cmd("EVALSHA")
-                    .arg(sha)
-                    .arg(2)
-                    .arg(shared.meta_key(topic))
-                    .arg(shared.stream_key(topic))
-                    .arg(channel)
-                    .arg(&message[..])
-                    .arg(history)
-                    .arg(shared.new_epoch())
-                    .ignore(),
-                None => pipeline.publish(channel, &message[..]).ignore(),
-            };
+        match script {
+            // One call for the batch: its keys, then its arguments.
+            Some(sha) => {
+                let call = pipeline.cmd("EVALSHA").arg(sha).arg(2 * batch.len());
+                for (topic, _) in &batch {
+                    call.arg(shared.meta_key(topic))
+                        .arg(shared.stream_key(topic));
+                }
+                call.arg(history).arg(shared.new_epoch());
+                for (topic, message) in &batch {
+                    call.arg(shared.channel(topic)).arg(&message[..]);
+                }
+                call.ignore();
+            }
+            None => {
+                for (topic, message) in &batch {
+                    pipeline
+                        .publish(shared.channel(topic), &message[..])
+                        .ignore();
+                }
+            }
         }
         let sent = shared
             .timed("publishing", pipeline.query_async::<()>(&mut publisher))
@@ -839,7 +880,7 @@ async fn history(
         .arg("s")
         .cmd("XRANGE")
         .arg(shared.stream_key(topic))
-        .arg(format!("{}-0", at + 1))
+        .arg(range_start(at))
         .arg("+");
     let ((current, newest), entries): ((Option<String>, Option<u64>), Value) = shared
         .timed("reading a history", pipeline.query_async(reader))
@@ -861,6 +902,9 @@ async fn history(
     let mut lost = current != epoch || newest.is_some_and(|newest| at > newest);
     let mut next = from;
     for (position, message) in stream_entries(entries) {
+        if position < from {
+            continue;
+        }
         lost |= position > next;
         next = position + 1;
         if let Some((_, mut event)) = decode(shared, topic, message) {
@@ -924,9 +968,10 @@ fn receive(shared: &Shared, remote: &Remote, topic: &str, payload: Bytes) {
     }
 }
 
-/// Delivers a message of ordered mode, `EPOCH POSITION MESSAGE`, after what the node
-/// missed before it: the positions between the last one delivered and this one, fetched
-/// from the topic's history, or a gap where the history no longer holds them.
+/// Delivers a message of ordered mode, `EPOCH FIRST-POSITION ` and its events, after what
+/// the node missed before them: the positions between the last one delivered and the
+/// first of them, fetched from the topic's history, or a gap where the history no longer
+/// holds them.
 async fn receive_ordered(
     shared: &Shared,
     remote: &Remote,
@@ -935,38 +980,36 @@ async fn receive_ordered(
     topic: &str,
     payload: Bytes,
 ) -> redis::RedisResult<()> {
-    let Some((epoch, at, message)) = split_ordered(payload) else {
+    let Some((epoch, first, events)) = split_ordered(payload) else {
         shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     };
     let last = {
         let mut known = lock_positions(positions);
-        let Some(position) = known.get_mut(topic) else {
-            drop(known);
+        match known.get_mut(topic) {
             // Not followed (any more): delivered as it comes.
-            deliver_ordered(shared, remote, topic, &epoch, at, message);
-            return Ok(());
-        };
-        match position.epoch.as_deref() {
-            Some(known) if known == epoch => position.at,
-            None => {
-                position.epoch = Some(epoch.clone());
-                position.at
-            }
-            Some(_) => {
-                // Redis lost the history this node stood in: what it held after that
-                // point is gone, and the new epoch is taken from its start.
-                *position = Position {
-                    epoch: Some(epoch.clone()),
-                    at: 0,
-                };
-                drop(known);
-                announce_gap(shared, remote, topic);
-                0
-            }
+            None => first.saturating_sub(1),
+            Some(position) => match position.epoch.as_deref() {
+                Some(known) if known == epoch => position.at,
+                None => {
+                    position.epoch = Some(epoch.clone());
+                    position.at
+                }
+                Some(_) => {
+                    // Redis lost the history this node stood in: what it held after that
+                    // point is gone, and the new epoch is taken from its start.
+                    *position = Position {
+                        epoch: Some(epoch.clone()),
+                        at: 0,
+                    };
+                    drop(known);
+                    announce_gap(shared, remote, topic);
+                    0
+                }
+            },
         }
     };
-    if at > last + 1 {
+    if first > last + 1 {
         fill(
             shared,
             remote,
@@ -975,12 +1018,14 @@ async fn receive_ordered(
             topic,
             &epoch,
             last,
-            Some(at),
+            Some(first),
         )
         .await?;
     }
-    if advance(positions, topic, &epoch, at).is_some() {
-        deliver_ordered(shared, remote, topic, &epoch, at, message);
+    for (at, message) in (first..).zip(events) {
+        if advance(positions, topic, &epoch, at).is_some() {
+            deliver_ordered(shared, remote, topic, &epoch, at, message);
+        }
     }
     Ok(())
 }
@@ -999,17 +1044,33 @@ fn advance(positions: &Positions, topic: &str, epoch: &str, at: u64) -> Option<u
     Some(std::mem::replace(&mut position.at, at))
 }
 
-/// Splits `EPOCH POSITION MESSAGE`.
-fn split_ordered(mut payload: Bytes) -> Option<(String, u64, Bytes)> {
+/// Splits `EPOCH FIRST-POSITION LENGTH:MESSAGE…` into the epoch, the first position and
+/// the messages; `None` when it is not of that form.
+fn split_ordered(mut payload: Bytes) -> Option<(String, u64, Vec<Bytes>)> {
     let mut field = || {
-        let end = payload.iter().position(|&b| b == b' ')?;
-        let field = String::from_utf8(payload.split_to(end).to_vec()).ok()?;
+        let at = payload.iter().position(|&b| b == b' ')?;
+        let field = String::from_utf8(payload.split_to(at).to_vec()).ok()?;
         payload.advance(1);
         Some(field)
     };
     let epoch = field()?;
-    let at = field()?.parse().ok()?;
-    Some((epoch, at, payload))
+    let first = field()?.parse().ok()?;
+    Some((epoch, first, split_batch(payload)?))
+}
+
+/// Splits `LENGTH:MESSAGE…` into the messages.
+fn split_batch(mut batch: Bytes) -> Option<Vec<Bytes>> {
+    let mut messages = Vec::new();
+    while !batch.is_empty() {
+        let at = batch.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&batch[..at]).ok()?.parse().ok()?;
+        batch.advance(at + 1);
+        if batch.len() < len {
+            return None;
+        }
+        messages.push(batch.split_to(len));
+    }
+    Some(messages)
 }
 
 /// Delivers the event of `message` at position `at` of `topic`'s history, with the id
@@ -1055,7 +1116,7 @@ async fn fill(
     let mut range = redis::cmd("XRANGE");
     range
         .arg(shared.stream_key(topic))
-        .arg(format!("{}-0", after + 1))
+        .arg(range_start(after))
         .arg(end);
     let range = range.query_async::<Value>(reader);
     let entries = shared.timed("reading a history", range).await?;
@@ -1076,37 +1137,39 @@ async fn fill(
     Ok(())
 }
 
-/// The entries of an XRANGE reply: each one's position and message.
-fn stream_entries(reply: Value) -> impl Iterator<Item = (u64, Bytes)> {
+/// The events of an XRANGE reply: each one's position and message, from entries of one
+/// batch each.
+fn stream_entries(reply: Value) -> Vec<(u64, Bytes)> {
     let Value::Array(entries) = reply else {
-        return Vec::new().into_iter();
+        return Vec::new();
     };
-    let parsed: Vec<(u64, Bytes)> = entries
-        .into_iter()
-        .filter_map(|entry| {
-            let Value::Array(mut entry) = entry else {
-                return None;
-            };
-            let fields = entry.pop()?;
-            let Value::BulkString(id) = entry.pop()? else {
-                return None;
-            };
-            let at = std::str::from_utf8(&id)
-                .ok()?
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
-            let Value::Array(mut fields) = fields else {
-                return None;
-            };
-            let Value::BulkString(message) = fields.pop()? else {
-                return None;
-            };
-            Some((at, Bytes::from(message)))
-        })
-        .collect();
-    parsed.into_iter()
+    let mut events = Vec::new();
+    for entry in entries {
+        let Value::Array(mut entry) = entry else {
+            continue;
+        };
+        let (Some(Value::Array(mut fields)), Some(Value::BulkString(id))) =
+            (entry.pop(), entry.pop())
+        else {
+            continue;
+        };
+        let Some(Value::BulkString(batch)) = fields.pop() else {
+            continue;
+        };
+        let first = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.split('-').next()?.parse::<u64>().ok());
+        if let (Some(first), Some(messages)) = (first, split_batch(Bytes::from(batch))) {
+            events.extend((first..).zip(messages));
+        }
+    }
+    events
+}
+
+/// The start of an XRANGE that finds the event after `after`: the entry holding it starts
+/// at most one batch earlier.
+fn range_start(after: u64) -> String {
+    format!("{}-0", (after + 1).saturating_sub(PIPELINE as u64 - 1))
 }
 
 /// Where each of `topics` stands in Redis now: its epoch and last position.
@@ -1152,6 +1215,8 @@ async fn catch_up(
         let Some(was) = lock_positions(positions).get(topic).cloned() else {
             continue;
         };
+        // What the history no longer holds up to where Redis stands is a gap.
+        let through = Some(now.at + 1);
         let from = match (was.epoch, now.epoch) {
             (Some(was_epoch), Some(epoch)) if was_epoch == epoch => {
                 (now.at > was.at).then_some((epoch, was.at))
@@ -1179,7 +1244,7 @@ async fn catch_up(
                 },
             );
             fill(
-                shared, remote, positions, reader, topic, &epoch, after, None,
+                shared, remote, positions, reader, topic, &epoch, after, through,
             )
             .await?;
         }
