@@ -9,6 +9,13 @@
 //! round trip. Across nodes delivery is at most once: what is published while a node is
 //! cut off from the engine does not reach it.
 //!
+//! A backplane may instead keep the cluster's history ([`Backplane::delivers_own`]): the
+//! Redis one does when the hub keeps history. Every broadcast is then stored in the
+//! engine first and delivered by every node, its own included, in the engine's order,
+//! with an id that is the same everywhere; a node fills what it missed from the stored
+//! history, says `lost` where the history no longer holds it, and serves resumes its own
+//! ring does not reach ([`Backplane::history`]).
+//!
 //! A node listens only to the topics it has subscribers for (or keeps history of): the
 //! hub tells the backplane when a topic gains its first subscriber and when it is
 //! forgotten.

@@ -89,7 +89,15 @@ end
 return events
 ";
 
-/// Shares a hub's broadcasts with other processes through Redis pub/sub.
+/// Shares a hub's broadcasts with other processes through Redis pub/sub, and with a hub
+/// that keeps history, the history itself: see the README's "One history for the
+/// cluster" for what each mode guarantees.
+///
+/// With history, each broadcast goes through a script that gives it the topic's next
+/// position, appends it to the topic's stream (`fanout:s:` and the topic; its epoch and
+/// last position in the hash `fanout:m:` and the topic) and publishes it; every node
+/// delivers it with the id `EPOCH-POSITION`, fills gaps from the stream, and serves
+/// resumes from it. Every node of a cluster must use the same mode.
 ///
 /// Each topic is a Redis channel named `fanout:` and the topic. A node subscribes only
 /// to the topics it has local subscribers for (or keeps history of) and unsubscribes when
