@@ -16,10 +16,16 @@ use common::{SseClient, raw_request};
 struct Demo {
     child: Child,
     addr: SocketAddr,
+    _output: BufReader<std::process::ChildStdout>,
 }
 
 impl Demo {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A demo that joins the Redis backplane at `redis_url`, when given.
+    fn start_with(redis_url: Option<&str>) -> Self {
         // target/<profile>/deps/<this test> -> target/<profile>/examples/hyper_server
         let exe = std::env::current_exe().expect("test binary path");
         let binary = exe
@@ -33,20 +39,37 @@ impl Demo {
             .expect("a free port")
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .env("ADDR", addr.to_string())
-            .env_remove("REDIS_URL")
+            .env_remove("REDIS_URL");
+        if let Some(url) = redis_url {
+            command.env("REDIS_URL", url);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot run {}: {error}", binary.display()));
-        // The demo prints one line once it listens; reading it is bounded by the
-        // process: it either prints or exits.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("read the demo's output");
-        assert!(line.contains("listening on"), "the demo said {line:?}");
-        Self { child, addr }
+        // The demo prints a line once it listens (after one about Redis, when it joins
+        // it); reading is bounded by the process: it either prints or exits. The pipe
+        // stays open with the demo, which would fail on a closed one.
+        let mut output = BufReader::new(child.stdout.take().expect("piped"));
+        let mut said = String::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            output.read_line(&mut line).expect("read the demo's output");
+            said.push_str(&line);
+            if line.contains("listening on") {
+                return Self {
+                    child,
+                    addr,
+                    _output: output,
+                };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the demo said {said:?}");
     }
 }
 
@@ -101,5 +124,62 @@ async fn publish_decodes_the_event_type_and_refuses_one_with_a_line_break() {
         (event.event.as_str(), event.data.as_str()),
         ("message", "after"),
         "nothing of the refused publish arrived"
+    );
+}
+
+/// Two demos on one Redis are a cluster with one history: a client that resumes on the
+/// other node, with the id the first gave it, gets exactly what it missed.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_client_resumes_on_the_other_demo_node_with_the_id_the_first_gave_it() {
+    let redis = common::Redis::start(None);
+    let (first, second) = (
+        Demo::start_with(Some(&redis.url())),
+        Demo::start_with(Some(&redis.url())),
+    );
+    let mut sse = SseClient::connect(first.addr, "/events/probe").await;
+    // Published on the second node, which has no subscriber of the topic; the first
+    // node's stream must see each one, so the first one is published until it does.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while seen.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes never joined up"
+        );
+        publish(second.addr, "/publish/probe", "one").await;
+        let event =
+            tokio::time::timeout(std::time::Duration::from_millis(200), sse.next_event()).await;
+        if let Ok(event) = event {
+            seen.push(event);
+        }
+    }
+    // Whatever extra copies of "one" were published arrive before "two".
+    publish(second.addr, "/publish/probe", "two").await;
+    let two = loop {
+        let event = sse.next_event().await;
+        if event.data == "two" {
+            break event;
+        }
+        assert_eq!(event.data, "one");
+    };
+    let id = two.id.expect("an id");
+    drop(sse);
+
+    publish(first.addr, "/publish/probe", "three").await;
+    publish(second.addr, "/publish/probe", "four").await;
+    let mut resumed = SseClient::connect_with(
+        second.addr,
+        "/events/probe",
+        &format!("Last-Event-ID: {id}\r\n"),
+    )
+    .await;
+    assert_eq!(resumed.next_event().await.data, "three");
+    assert_eq!(resumed.next_event().await.data, "four");
+    publish(first.addr, "/publish/probe", "five").await;
+    assert_eq!(
+        resumed.next_event().await.data,
+        "five",
+        "then live, nothing twice"
     );
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,67 +15,7 @@ use tower_fanout::backplane::RedisBackplane;
 use tower_fanout::{Event, Hub, StreamLayer};
 use tower_layer::Layer;
 
-use common::{Inner, SseClient, next_text, serve_hyper, wait_until, ws_connect};
-
-/// A redis-server of the test's own, on a port it chose; killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: Option<u16>) -> Self {
-        let port = port.unwrap_or_else(|| {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("address").port()
-        });
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "these tests need redis-server on PATH ({error}); install Debian's \
-                     redis-server package (.ci/run does)"
-                )
-            });
-        let deadline = std::time::Instant::now() + common::WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Inner, Redis, SseClient, next_text, serve_hyper, wait_until, ws_connect};
 
 struct Node {
     hub: Hub,
@@ -831,4 +770,175 @@ async fn with_history_a_redis_that_lost_its_data_starts_a_new_epoch_and_says_los
     let (mut resumed, _) = b.hub.resume("t", &old_id);
     assert_eq!(next_item(&mut resumed).await, "lost");
     assert_eq!(next_item(&mut resumed).await, format!("two@{new_id}"));
+}
+
+/// A client that hops from node to node, each time resuming with the last id it got:
+/// `Sse` by `Last-Event-ID`, `Protocol` by a subscribe's `since`.
+#[derive(Clone, Copy)]
+enum Hopper {
+    Sse,
+    Protocol,
+}
+
+/// Reads the events of topic `t`, moving to the next of `nodes` after every `per_visit`
+/// events, until none has come for a while after `done` is set; returns their data, and
+/// `lost` where a loss was announced.
+async fn hop(
+    kind: Hopper,
+    nodes: Vec<SocketAddr>,
+    per_visit: usize,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut last: Option<String> = None;
+    for visit in 0..1_000 {
+        let addr = nodes[visit % nodes.len()];
+        let mut got = 0;
+        match kind {
+            Hopper::Sse => {
+                let header = last
+                    .as_ref()
+                    .map(|id| format!("Last-Event-ID: {id}\r\n"))
+                    .unwrap_or_default();
+                let mut sse = SseClient::connect_with(addr, "/?topic=t", &header).await;
+                while got < per_visit {
+                    let Ok(event) =
+                        tokio::time::timeout(Duration::from_millis(1_500), sse.next_event()).await
+                    else {
+                        break;
+                    };
+                    if event.event == "lost" {
+                        seen.push("lost".to_owned());
+                        continue;
+                    }
+                    seen.push(event.data);
+                    last = event.id;
+                    got += 1;
+                }
+            }
+            Hopper::Protocol => {
+                let mut socket = common::protocol_client(addr, "", &[]).await;
+                let mut subscribe =
+                    serde_json::json!({"type": "subscribe", "topic": "t", "req": 1});
+                if let Some(id) = &last {
+                    subscribe["since"] = id.clone().into();
+                }
+                let reply = common::command(&mut socket, subscribe).await;
+                assert_eq!(reply["type"], "ok", "{reply}");
+                while got < per_visit {
+                    let Ok(text) =
+                        tokio::time::timeout(Duration::from_millis(1_500), next_text(&mut socket))
+                            .await
+                    else {
+                        break;
+                    };
+                    let frame: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                    match frame["type"].as_str() {
+                        Some("lost") => seen.push("lost".to_owned()),
+                        Some("event") => {
+                            seen.push(frame["data"].as_str().expect("text").to_owned());
+                            last = frame["id"].as_str().map(str::to_owned);
+                            got += 1;
+                        }
+                        other => panic!("unexpected {other:?}: {frame}"),
+                    }
+                }
+            }
+        }
+        if got < per_visit && done.load(Ordering::SeqCst) {
+            return seen;
+        }
+    }
+    panic!("the hops never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hopping_over_three_nodes_through_a_redis_restart_miss_nothing() {
+    let dir = std::env::temp_dir().join(format!("fanout-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let redis = Redis::start_in(None, Some(&dir));
+    let nodes = [
+        history_node(&redis, 1_024).await,
+        history_node(&redis, 1_024).await,
+        history_node(&redis, 1_024).await,
+    ];
+    // A subscriber on every node that never moves: the order every client must share.
+    let mut staying: Vec<_> = nodes.iter().map(|node| node.hub.subscribe("t")).collect();
+    for node in &nodes {
+        wait_listening(node, 1).await;
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hoppers = [Hopper::Sse, Hopper::Protocol, Hopper::Sse].map(|kind| {
+        let (addrs, done) = (addrs.clone(), Arc::clone(&done));
+        tokio::spawn(hop(kind, addrs, 15, done))
+    });
+    // The three start on the first node, beside its staying subscriber.
+    wait_until("the hoppers subscribed", || {
+        nodes[0].hub.stats().subscribers == 4
+    })
+    .await;
+
+    // Publishers on all three nodes, 5 ms apart, while Redis restarts in the middle.
+    const EACH: usize = 80;
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let hub = node.hub.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(Duration::from_millis(5));
+                for i in 0..EACH {
+                    ticks.tick().await;
+                    hub.broadcast("t", format!("n{n}-{i}"));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let port = redis.stop();
+    wait_until("the nodes noticed", || {
+        nodes.iter().all(|node| !node.backplane.stats().connected)
+    })
+    .await;
+    let _redis = Redis::start_in(Some(port), Some(&dir));
+    for publisher in publishers {
+        publisher.await.expect("a publisher");
+    }
+    wait_until("the nodes are back", || {
+        nodes.iter().all(|node| node.backplane.stats().connected)
+    })
+    .await;
+    // What reached the history: the first staying subscriber's, once it has settled.
+    let mut order = Vec::new();
+    while let Ok(Ok(event)) =
+        tokio::time::timeout(Duration::from_millis(1_000), staying[0].recv()).await
+    {
+        order.push(String::from_utf8_lossy(event.data()).into_owned());
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(
+        order.len() > EACH,
+        "most events got through: {}",
+        order.len()
+    );
+    for subscription in &mut staying[1..] {
+        let mut theirs = Vec::new();
+        for _ in 0..order.len() {
+            let item = next_item(subscription).await;
+            theirs.push(
+                item.split_once('@')
+                    .map_or(item.clone(), |(data, _)| data.to_owned()),
+            );
+        }
+        assert_eq!(theirs, order, "the same order on every node");
+    }
+    for hopper in hoppers {
+        let seen = hopper.await.expect("a hopper");
+        assert_eq!(
+            seen, order,
+            "every event once, in order, across hops and the restart"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

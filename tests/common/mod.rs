@@ -498,3 +498,75 @@ pub async fn command(socket: &mut Ws, command: serde_json::Value) -> serde_json:
 pub async fn next_json(socket: &mut Ws) -> serde_json::Value {
     serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
 }
+
+/// A redis-server of the test's own, on a port it chose; killed when dropped.
+pub struct Redis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(port: Option<u16>) -> Self {
+        Self::start_in(port, None)
+    }
+
+    /// A redis-server that keeps its data in `dir`, when given (an append-only file
+    /// synced on every write), so that a restart on the same port and directory has it
+    /// all; without, a restart has lost everything.
+    pub fn start_in(port: Option<u16>, dir: Option<&std::path::Path>) -> Self {
+        let port = port.unwrap_or_else(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        });
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
+        let dir_arg = dir.map(|dir| dir.display().to_string());
+        match &dir_arg {
+            Some(dir) => args.extend([
+                "--dir",
+                dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]),
+            None => args.extend(["--appendonly", "no"]),
+        }
+        let child = std::process::Command::new("redis-server")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "these tests need redis-server on PATH ({error}); install Debian's \
+                     redis-server package (.ci/run does)"
+                )
+            });
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
