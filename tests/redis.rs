@@ -854,9 +854,23 @@ async fn hop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_hopping_over_three_nodes_through_a_redis_restart_miss_nothing() {
-    let dir = std::env::temp_dir().join(format!("fanout-redis-{}", std::process::id()));
+    hop_through_a_restart(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hopping_through_a_restart_that_lost_redis_data_are_told_exactly_there() {
+    hop_through_a_restart(false).await;
+}
+
+/// Three clients hop over three nodes while publishers on all three run and Redis
+/// restarts, keeping its data or not: every client ends with what every node's staying
+/// subscriber got, in its order, `lost` included where Redis lost its data.
+async fn hop_through_a_restart(persistent: bool) {
+    let dir =
+        std::env::temp_dir().join(format!("fanout-redis-{}-{persistent}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory");
-    let redis = Redis::start_in(None, Some(&dir));
+    let keep = persistent.then_some(dir.as_path());
+    let redis = Redis::start_in(None, keep);
     let nodes = [
         history_node(&redis, 1_024).await,
         history_node(&redis, 1_024).await,
@@ -901,7 +915,7 @@ async fn clients_hopping_over_three_nodes_through_a_redis_restart_miss_nothing()
         nodes.iter().all(|node| !node.backplane.stats().connected)
     })
     .await;
-    let _redis = Redis::start_in(Some(port), Some(&dir));
+    let _redis = Redis::start_in(Some(port), keep);
     for publisher in publishers {
         publisher.await.expect("a publisher");
     }
@@ -911,11 +925,17 @@ async fn clients_hopping_over_three_nodes_through_a_redis_restart_miss_nothing()
     .await;
     // What reached the history: the first staying subscriber's, once it has settled.
     let mut order = Vec::new();
-    while let Ok(Ok(event)) =
+    while let Ok(received) =
         tokio::time::timeout(Duration::from_millis(1_000), staying[0].recv()).await
     {
-        order.push(String::from_utf8_lossy(event.data()).into_owned());
+        order.push(match received {
+            Ok(event) => String::from_utf8_lossy(event.data()).into_owned(),
+            Err(tower_fanout::RecvError::Lost) => "lost".to_owned(),
+            Err(other) => panic!("unexpected {other}"),
+        });
     }
+    let losses = order.iter().filter(|item| *item == "lost").count();
+    assert_eq!(losses, usize::from(!persistent), "{order:?}");
     done.store(true, Ordering::SeqCst);
     assert!(
         order.len() > EACH,

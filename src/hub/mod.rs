@@ -353,6 +353,11 @@ impl Hub {
     /// buffer. With [history](HubBuilder::history), data under 16 KiB that shares its
     /// allocation with other `Bytes` (a WebSocket message from `on_message`) is copied
     /// too.
+    ///
+    /// With a backplane that keeps the cluster's history ([`Backplane::delivers_own`]),
+    /// the event reaches this node's subscribers too only once the backplane has stored
+    /// it and handed it back, in the cluster's order; the count is of the subscribers it
+    /// will reach then.
     pub fn broadcast(&self, topic: &str, event: impl Into<Event>) -> usize {
         let mut event = event.into();
         // Events kept for history live long: what they share is copied too.
