@@ -25,7 +25,8 @@
 //!   payload) and missing deliveries.
 //! - `steady`: 100 broadcasts per second for 10 s to `clients` clients. Reports latency
 //!   p50/p99/max and the spread between the first and the last subscriber of each event.
-//! - `idle`: `idle` idle connections; reports the server's RSS growth per connection.
+//! - `idle`: `idle` connections that each receive `idle_events` events (5) and go quiet;
+//!   reports the server's RSS growth per connection.
 //! - `stall`: `clients` clients that never read; the server publishes `broadcasts` events
 //!   of `size` bytes. Reports the server's RSS before and after, once it has settled:
 //!   what connections whose clients have stopped reading cost it. Not in the default
@@ -81,6 +82,8 @@ struct Options {
     broadcasts: usize,
     size: usize,
     idle: usize,
+    /// Events each idle connection receives before it is measured.
+    idle_events: usize,
     phases: Vec<String>,
     servers: Vec<String>,
     transports: Vec<String>,
@@ -98,6 +101,7 @@ impl Options {
             broadcasts: 1_000,
             size: 64,
             idle: 10_000,
+            idle_events: 5,
             phases: vec!["burst".into(), "steady".into(), "idle".into()],
             servers: vec!["crate".into(), "baseline".into()],
             transports: vec!["ws".into(), "sse".into()],
@@ -115,6 +119,7 @@ impl Options {
                 "broadcasts" => options.broadcasts = value.parse()?,
                 "size" => options.size = value.parse::<usize>()?.max(24),
                 "idle" => options.idle = value.parse()?,
+                "idle_events" => options.idle_events = value.parse()?,
                 "phases" => options.phases = list(),
                 "servers" => options.servers = list(),
                 "transports" => options.transports = list(),
@@ -615,6 +620,29 @@ async fn idle(
     options: &Options,
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
+    // Each connection gets a few events and then goes quiet, as the connections of a real
+    // server do: what a connection keeps after activity is what is measured.
+    let events = options.idle_events;
+    let deliver = |connections: usize, expected: u64| {
+        let seen = Arc::clone(&seen);
+        async move {
+            for _ in 0..events {
+                server
+                    .control(&format!(
+                        "/burst?count=1&size={}&topics={}",
+                        options.size, options.topics
+                    ))
+                    .await?;
+            }
+            let expected = expected + (connections * events) as u64;
+            wait_delivered(&seen, expected).await;
+            let delivered = seen.delivered.load(Ordering::Relaxed);
+            if delivered < expected {
+                return Err(format!("idle: {} of {expected} deliveries", delivered).into());
+            }
+            Ok::<u64, Box<dyn std::error::Error>>(expected)
+        }
+    };
     // Settle the server's allocations with a few connections first.
     let warm = clients(
         server,
@@ -626,23 +654,25 @@ async fn idle(
         &seen,
     )
     .await?;
+    let delivered = deliver(10, 0).await?;
     let before = server.rss_kib();
     let tasks = clients(
         server,
         transport,
-        options.idle + 10,
+        options.idle,
         0,
         options.size,
         options.topics,
         &seen,
     )
     .await?;
+    deliver(options.idle + 10, delivered).await?;
     let after = server.rss_kib();
     warm.iter()
         .chain(&tasks)
         .for_each(tokio::task::JoinHandle::abort);
     let line = format!(
-        "{:.2} KiB per idle connection ({} connections, RSS {} -> {} KiB)",
+        "{:.2} KiB per idle connection ({} connections after {events} events each, RSS {} -> {} KiB)",
         (after.saturating_sub(before)) as f64 / options.idle.max(1) as f64,
         options.idle,
         before,
