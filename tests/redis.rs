@@ -299,6 +299,15 @@ async fn pump(
     }
 }
 
+/// A backplane that finds a silent connection within half a second.
+fn watchful_backplane(url: &str) -> RedisBackplane {
+    RedisBackplane::builder(url)
+        .ping_interval(Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("a redis URL")
+}
+
 async fn recv_data(subscription: &mut tower_fanout::Subscription) -> String {
     let event = tokio::time::timeout(common::WAIT, subscription.recv())
         .await
@@ -312,14 +321,7 @@ async fn a_connection_that_silently_stops_is_found_and_replaced() {
     let redis = Redis::start(None);
     let proxy = Proxy::start(&redis).await;
     let a = node(&redis).await;
-    let b = node_on(
-        RedisBackplane::builder(&proxy.url())
-            .ping_interval(Duration::from_millis(200))
-            .timeout(Duration::from_millis(300))
-            .build()
-            .expect("a redis URL"),
-    )
-    .await;
+    let b = node_on(watchful_backplane(&proxy.url())).await;
     let mut subscription = b.hub.subscribe("t");
     wait_listening(&b, 1).await;
     wait_until("A connected", || a.backplane.stats().connected).await;
@@ -656,15 +658,7 @@ async fn with_history_a_node_cut_off_fetches_what_it_missed_and_says_what_is_gon
     let redis = Redis::start(None);
     let proxy = Proxy::start(&redis).await;
     let a = history_node(&redis, 4).await;
-    let b = node_keeping(
-        RedisBackplane::builder(&proxy.url())
-            .ping_interval(Duration::from_millis(200))
-            .timeout(Duration::from_millis(300))
-            .build()
-            .expect("a redis URL"),
-        4,
-    )
-    .await;
+    let b = node_keeping(watchful_backplane(&proxy.url()), 4).await;
     let mut subscription = b.hub.subscribe("t");
     wait_listening(&b, 1).await;
     wait_until("A connected", || a.backplane.stats().connected).await;
