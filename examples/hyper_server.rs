@@ -14,6 +14,7 @@
 //! - `GET /fanout.js`: the browser client of the protocol (`client/fanout.js`);
 //! - `POST /publish/{topic}?event=TYPE`: broadcasts the body; answers with the number of
 //!   local subscribers reached;
+//! - `GET /metrics` (built with `--features metrics`): the Prometheus text format;
 //! - `POST /disconnect/{topic}`: ends the topic's streams, and every connection that
 //!   holds the topic among others (they resume when they reconnect); answers with the
 //!   number ended.
@@ -63,7 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()?;
     // 256 events per topic are kept, so a client that reconnects gets what it missed.
-    let hub = backplane(Hub::builder().history(256))?.build();
+    let (builder, plane) = backplane(Hub::builder().history(256))?;
+    let hub = builder.build();
+    let app = App {
+        #[cfg(feature = "metrics")]
+        scrape: scraper(&hub, plane)?,
+        hub: hub.clone(),
+    };
+    #[cfg(not(feature = "metrics"))]
+    let _ = plane;
     let app = StreamLayer::new(hub.clone())
         .websocket_ids(true)
         .retry(Duration::from_secs(1))
@@ -90,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     )
                 }),
         })
-        .layer(App { hub });
+        .layer(app);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -106,30 +115,60 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// The backplane the hub joined, if any.
+#[cfg(feature = "redis")]
+type Plane = Option<tower_fanout::backplane::RedisBackplane>;
+#[cfg(not(feature = "redis"))]
+type Plane = Option<Infallible>;
+
 /// Joins the Redis backplane at `REDIS_URL`, when set.
 #[cfg(feature = "redis")]
-fn backplane(builder: HubBuilder) -> Result<HubBuilder, Box<dyn std::error::Error>> {
+fn backplane(builder: HubBuilder) -> Result<(HubBuilder, Plane), Box<dyn std::error::Error>> {
     Ok(match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("sharing topics through {url}");
-            builder.backplane(tower_fanout::backplane::RedisBackplane::new(&url)?)
+            let plane = tower_fanout::backplane::RedisBackplane::new(&url)?;
+            (builder.backplane(plane.clone()), Some(plane))
         }
-        Err(_) => builder,
+        Err(_) => (builder, None),
     })
 }
 
 #[cfg(not(feature = "redis"))]
-fn backplane(builder: HubBuilder) -> Result<HubBuilder, Box<dyn std::error::Error>> {
+fn backplane(builder: HubBuilder) -> Result<(HubBuilder, Plane), Box<dyn std::error::Error>> {
     if std::env::var_os("REDIS_URL").is_some() {
         return Err("REDIS_URL is set, but this build has no Redis: add --features redis".into());
     }
-    Ok(builder)
+    Ok((builder, None))
+}
+
+/// Renders `GET /metrics`: the hub's and the backplane's counters, handed to the
+/// Prometheus recorder just before.
+#[cfg(feature = "metrics")]
+type Scrape = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
+#[cfg(feature = "metrics")]
+fn scraper(hub: &Hub, plane: Plane) -> Result<Scrape, Box<dyn std::error::Error>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let hub = hub.clone();
+    Ok(std::sync::Arc::new(move || {
+        tower_fanout::metrics::record(&hub);
+        #[cfg(feature = "redis")]
+        if let Some(plane) = &plane {
+            tower_fanout::metrics::record_redis(plane);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = &plane;
+        handle.render()
+    }))
 }
 
 /// Everything that is not a stream: the page and the publish endpoint.
 #[derive(Clone)]
 struct App {
     hub: Hub,
+    #[cfg(feature = "metrics")]
+    scrape: Scrape,
 }
 
 impl Service<Request<Incoming>> for App {
@@ -142,14 +181,24 @@ impl Service<Request<Incoming>> for App {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let hub = self.hub.clone();
-        Box::pin(async move { Ok(route(hub, request).await) })
+        let app = self.clone();
+        Box::pin(async move { Ok(route(app, request).await) })
     }
 }
 
-async fn route(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(app: App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let hub = app.hub;
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
+        #[cfg(feature = "metrics")]
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, (app.scrape)());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
         (&Method::GET, "/") => typed(PAGE, "text/html; charset=utf-8"),
         (&Method::GET, "/fanout.js") => typed(CLIENT, "text/javascript; charset=utf-8"),
         (&Method::POST, path) if path.starts_with("/publish/") => {

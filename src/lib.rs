@@ -111,6 +111,7 @@ mod event;
 mod future;
 pub mod hub;
 mod layer;
+pub mod metrics;
 mod outgoing;
 mod reject;
 pub mod serve;

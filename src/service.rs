@@ -49,17 +49,22 @@ where
         }
         if is_upgrade_attempt(request.headers()) {
             let (parts, _body) = request.into_parts();
-            let response = ws::accept(&self.config, parts).unwrap_or_else(Rejection::into_response);
+            let response = ws::accept(&self.config, parts).unwrap_or_else(refuse);
             return ResponseFuture::ready(response);
         }
         if wants_event_stream(&request) {
             let (parts, _body) = request.into_parts();
-            let response =
-                sse_response(&self.config, &parts).unwrap_or_else(Rejection::into_response);
+            let response = sse_response(&self.config, &parts).unwrap_or_else(refuse);
             return ResponseFuture::ready(response);
         }
         ResponseFuture::inner(self.inner.call(request))
     }
+}
+
+/// The answer to a refused stream request, counted.
+fn refuse(rejection: Rejection) -> Response<Prepared> {
+    crate::metrics::refused(rejection.status());
+    rejection.into_response()
 }
 
 fn sse_response(
@@ -83,7 +88,7 @@ fn sse_response(
         .or_else(|| query_param(parts, "lastEventId"));
     let opened = config.open(&topics, last_event_id.as_deref());
     span.in_scope(|| tracing::debug!(lost = opened.lost.len(), "stream opened"));
-    let body = SseBody::new(opened, config, span);
+    let body = SseBody::new(opened, config, parts.version, span);
     let mut response = Response::new(Prepared::Sse(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

@@ -183,3 +183,84 @@ async fn a_client_resumes_on_the_other_demo_node_with_the_id_the_first_gave_it()
         "then live, nothing twice"
     );
 }
+
+/// The value of the sample `series` (a name and its labels as Prometheus writes them) in
+/// a scrape; `None` when absent.
+#[cfg(feature = "metrics")]
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[cfg(feature = "metrics")]
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, text) = raw_request(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// `GET /metrics` of the demo, scraped over HTTP, follows connections, events and
+/// refusals as they happen.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn the_demo_metrics_move_as_clients_come_events_flow_and_clients_leave() {
+    const SSE: &str = r#"fanout_connections{transport="sse",version="HTTP/1.1"}"#;
+    const WS: &str = r#"fanout_connections{transport="websocket",version="HTTP/1.1"}"#;
+    let demo = Demo::start();
+    let before = scrape(demo.addr).await;
+    assert_eq!(
+        sample(&before, "fanout_deliveries_total"),
+        Some(0.0),
+        "{before}"
+    );
+
+    let mut sse = SseClient::connect(demo.addr, "/events/metrics").await;
+    let socket = common::ws_connect(&format!("ws://{}/events/metrics", demo.addr)).await;
+    for i in 0..3 {
+        publish(demo.addr, "/publish/metrics", &format!("e{i}")).await;
+    }
+    for _ in 0..3 {
+        sse.next_event().await;
+    }
+    let during = scrape(demo.addr).await;
+    assert_eq!(sample(&during, SSE), Some(1.0), "{during}");
+    assert_eq!(sample(&during, WS), Some(1.0), "{during}");
+    assert_eq!(sample(&during, "fanout_broadcasts_total"), Some(3.0));
+    assert_eq!(sample(&during, "fanout_deliveries_total"), Some(6.0));
+    assert_eq!(sample(&during, "fanout_subscriptions"), Some(2.0));
+    assert_eq!(sample(&during, "fanout_topics"), Some(1.0));
+
+    // A refused handshake is counted by its status.
+    let (status, _) = raw_request(
+        demo.addr,
+        "GET /events/a/b HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The clients leave, and the server's close is counted by its code.
+    drop(sse);
+    drop(socket);
+    publish(demo.addr, "/disconnect/metrics", "").await;
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let after = loop {
+        let after = scrape(demo.addr).await;
+        if sample(&after, SSE) == Some(0.0) && sample(&after, WS) == Some(0.0) {
+            break after;
+        }
+        assert!(std::time::Instant::now() < deadline, "still open: {after}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        sample(&after, r#"fanout_refused_total{status="404"}"#),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "fanout_subscriptions"), Some(0.0));
+}

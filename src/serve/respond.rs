@@ -159,7 +159,10 @@ where
                 let _ = ready!(Pin::new(&mut writer.io).poll_shutdown(cx));
             }
             Err(End::Gone) => tracing::debug!("connection lost"),
-            Err(End::WriteTimedOut) => tracing::debug!("write timed out; connection closed"),
+            Err(End::WriteTimedOut) => {
+                crate::metrics::write_timeout("sse");
+                tracing::debug!("write timed out; connection closed");
+            }
             Err(End::Body(error)) => {
                 // Closing without the last chunk tells the client the response broke off.
                 tracing::debug!(%error, "the response body failed");

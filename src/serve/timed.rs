@@ -66,6 +66,8 @@ impl<T> TimedWrites<T> {
             return written;
         }
         if self.overdue(cx) {
+            // Set only by an event stream's response.
+            crate::metrics::write_timeout("sse");
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took nothing for the write timeout",

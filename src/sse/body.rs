@@ -57,13 +57,20 @@ pub(crate) struct SseBody {
     /// Raised when the subscriber may have events.
     events: Signal,
     span: tracing::Span,
+    /// Counts the stream as open while it lives.
+    _open: crate::metrics::Open,
     /// Items taken from the subscriber and not yet sent: those from `next` on.
     batch: Vec<Item>,
     next: usize,
 }
 
 impl SseBody {
-    pub(crate) fn new(opened: Opened, config: &Config, span: tracing::Span) -> Self {
+    pub(crate) fn new(
+        opened: Opened,
+        config: &Config,
+        version: http::Version,
+        span: tracing::Span,
+    ) -> Self {
         let Opened {
             subscriber,
             lost,
@@ -92,6 +99,7 @@ impl SseBody {
             quiet: Alarm::new(now + keep_alive),
             events: Signal::new(),
             span,
+            _open: crate::metrics::Open::new("sse", version),
             batch: Vec::new(),
             next: 0,
         }

@@ -134,6 +134,8 @@ struct Session<'a, S> {
     direct: Option<(Connection, mpsc::Receiver<Direct>)>,
     config: &'a Config,
     request: &'a Parts,
+    /// Counts the connection as open while it lives.
+    _open: crate::metrics::Open,
     next_ping: Instant,
     last_heard: Instant,
     /// Rings for the next ping, the silence deadline or the write deadline, whichever
@@ -185,6 +187,7 @@ where
             direct,
             config,
             request,
+            _open: crate::metrics::Open::new("websocket", request.version),
             next_ping: now + config.ping_interval,
             last_heard: now,
             alarm: Alarm::new(now + config.ping_interval),
@@ -276,6 +279,7 @@ where
             .write_deadline()
             .is_some_and(|deadline| now >= deadline)
         {
+            crate::metrics::write_timeout("websocket");
             return Some(End::Close(CloseCode::Again, "write timed out"));
         }
         if now >= self.silence_deadline() {
@@ -590,6 +594,7 @@ where
         self.topics.detach();
         match end {
             End::Close(code, reason) => {
+                crate::metrics::closed(code.into());
                 frame::put_close(self.out.bytes(), code.into(), reason);
                 if code == CloseCode::Again {
                     // A client that stopped reading gets one try, without waiting again.
