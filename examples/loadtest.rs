@@ -37,6 +37,9 @@
 //! every event, and the steady phase publishes to the first one, the others quiet.
 //! `topics=1,10` runs every phase with each count in turn, side by side.
 //!
+//! Built with `--features metrics`, the servers record into a Prometheus recorder, so that
+//! a run beside one without shows what the metrics cost.
+//!
 //! Every loop is bounded in count and time; the server process is killed at the end. The
 //! tool exits with an error when a delivery is missing: the servers keep 4 096 events
 //! per subscriber, so up to that many broadcasts none may be lost.
@@ -796,6 +799,10 @@ mod server {
         addr: SocketAddr,
     ) -> Result<(), Box<dyn std::error::Error>> {
         raise_fd_limit();
+        // Built with the metrics feature, the server records into a Prometheus recorder,
+        // as a deployment would: the burst then shows what metrics cost.
+        #[cfg(feature = "metrics")]
+        let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
             "bare" => return super::bare::run(listener).await,
