@@ -669,6 +669,10 @@ async fn idle(
         &seen,
     )
     .await?;
+    // Every one of them, beside the warm ones, before the events go out.
+    server
+        .wait_subscribers((options.idle + 10) * options.topics)
+        .await?;
     deliver(options.idle + 10, delivered).await?;
     let after = server.rss_kib();
     warm.iter()
