@@ -11,6 +11,24 @@ pub(crate) fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
         || headers.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
+/// Whether the request is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441): the
+/// method CONNECT with the `:protocol` pseudo-header `websocket`, which hyper hands
+/// over as an extension.
+pub(crate) fn is_extended_connect(method: &Method, extensions: &http::Extensions) -> bool {
+    #[cfg(feature = "http2")]
+    {
+        method == Method::CONNECT
+            && extensions
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
+    }
+    #[cfg(not(feature = "http2"))]
+    {
+        let _ = (method, extensions);
+        false
+    }
+}
+
 /// Whether the request asks for a Server-Sent-Events stream: a `GET` whose `Accept`
 /// lists `text/event-stream`.
 pub(crate) fn wants_event_stream<B>(request: &Request<B>) -> bool {

@@ -7,7 +7,7 @@ use http::{Request, Response, StatusCode, header};
 use tower_service::Service;
 
 use crate::body::{Prepared, ResponseBody};
-use crate::classify::{is_upgrade_attempt, wants_event_stream};
+use crate::classify::{is_extended_connect, is_upgrade_attempt, wants_event_stream};
 use crate::config::{Config, WriteTimeout, peer, query_param};
 use crate::future::ResponseFuture;
 use crate::sse::SseBody;
@@ -47,7 +47,9 @@ where
         if !self.config.intercepts(request.uri().path()) {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        if is_upgrade_attempt(request.headers()) {
+        if is_upgrade_attempt(request.headers())
+            || is_extended_connect(request.method(), request.extensions())
+        {
             let (parts, _body) = request.into_parts();
             let response = ws::accept(&self.config, parts).unwrap_or_else(refuse);
             return ResponseFuture::ready(response);

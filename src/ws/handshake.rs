@@ -7,8 +7,21 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::Rejection;
 use crate::classify::has_token;
 
-/// Checks the handshake and returns the `Sec-WebSocket-Accept` value.
-pub(crate) fn validate(parts: &Parts) -> Result<HeaderValue, Rejection> {
+/// How the handshake is answered.
+pub(crate) enum Answer {
+    /// HTTP/1.1: 101, with this `Sec-WebSocket-Accept`.
+    SwitchingProtocols(HeaderValue),
+    /// An HTTP/2 extended CONNECT (RFC 8441): 200, and the stream carries the frames.
+    Connected,
+}
+
+/// Checks the handshake: an HTTP/1.1 upgrade (RFC 6455, section 4.2.1) or an HTTP/2
+/// extended CONNECT (RFC 8441, section 5), which has no key.
+pub(crate) fn validate(parts: &Parts) -> Result<Answer, Rejection> {
+    if crate::classify::is_extended_connect(&parts.method, &parts.extensions) {
+        version_13(&parts.headers)?;
+        return Ok(Answer::Connected);
+    }
     if parts.method != Method::GET {
         return Err(Rejection::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -32,13 +45,7 @@ pub(crate) fn validate(parts: &Parts) -> Result<HeaderValue, Rejection> {
         )
         .with_header(header::UPGRADE, "websocket"));
     }
-    if single(headers, &header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported Sec-WebSocket-Version: only 13 is supported",
-        )
-        .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
-    }
+    version_13(headers)?;
     let key = single(headers, &header::SEC_WEBSOCKET_KEY)
         .filter(|key| is_valid_key(key.as_bytes()))
         .ok_or_else(|| {
@@ -47,12 +54,26 @@ pub(crate) fn validate(parts: &Parts) -> Result<HeaderValue, Rejection> {
                 "Sec-WebSocket-Key must be 16 bytes in base64",
             )
         })?;
-    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| {
-        Rejection::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "could not encode the accept key",
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map(Answer::SwitchingProtocols)
+        .map_err(|_| {
+            Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not encode the accept key",
+            )
+        })
+}
+
+/// Refuses a handshake whose `Sec-WebSocket-Version` is not 13.
+fn version_13(headers: &HeaderMap) -> Result<(), Rejection> {
+    if single(headers, &header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported Sec-WebSocket-Version: only 13 is supported",
         )
-    })
+        .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
+    }
+    Ok(())
 }
 
 /// The header's value when it appears exactly once.

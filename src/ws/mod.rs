@@ -69,7 +69,7 @@ pub(crate) fn accept(
     config: &Arc<Config>,
     mut parts: Parts,
 ) -> Result<Response<Prepared>, Rejection> {
-    let accept_key = handshake::validate(&parts)?;
+    let answer = handshake::validate(&parts)?;
     let host = parts
         .headers
         .get(header::HOST)
@@ -106,11 +106,18 @@ pub(crate) fn accept(
     tokio::spawn(connection::serve(on_upgrade, start, Arc::clone(config)));
 
     let mut response = Response::new(Prepared::Full(None));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    match answer {
+        handshake::Answer::SwitchingProtocols(accept_key) => {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+        }
+        // The stream is the connection: 200, and an empty body.
+        handshake::Answer::Connected => *response.status_mut() = StatusCode::OK,
+    }
     let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
     if framing == Framing::Protocol {
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,

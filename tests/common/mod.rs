@@ -85,7 +85,10 @@ where
         while let Ok((stream, _)) = listener.accept().await {
             let service = TowerToHyperService::new(service.clone());
             tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // HTTP/2 too, with WebSockets over it (RFC 8441).
+                builder.http2().enable_connect_protocol();
+                let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
