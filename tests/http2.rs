@@ -185,3 +185,26 @@ async fn an_extended_connect_without_version_13_is_refused_with_a_reason() {
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("13"), "{body:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_serve_carries_websockets_over_http2_too() {
+    let hub = Hub::new();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .layer(StreamLayer::new(hub.clone()).path("/events"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut sender = connect(addr).await;
+    let mut socket = websocket(&mut sender, addr, "/events?topic=a").await;
+    let (mut body, mut buffer) = (
+        event_stream(&mut sender, addr, "/events?topic=a").await,
+        Vec::new(),
+    );
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+    assert_eq!(hub.broadcast("a", "over h2"), 2);
+    assert_eq!(next_text(&mut socket).await, "over h2");
+    assert_eq!(next_data(&mut body, &mut buffer).await, "over h2");
+}
