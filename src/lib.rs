@@ -49,6 +49,14 @@
 //! subprotocol (`PROTOCOL.md` in the repository, `client/fanout.js` for browsers)
 //! subscribes and unsubscribes at runtime; a [`Subscriber`] is the same in process.
 //!
+//! # Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `redis` | [`backplane`]'s `RedisBackplane`: broadcasts, and with history the history itself, shared between processes through Redis |
+//! | `http2` | WebSockets over HTTP/2 (RFC 8441) where the server enables the extended CONNECT |
+//! | `metrics` | [`metrics`] through the `metrics` facade, for any exporter |
+//!
 //! # Modules
 //!
 //! From the outside in: a module uses those below it in this table. Two pairs lean on
@@ -67,6 +75,7 @@
 //! | `classify` | telling WebSocket upgrade attempts and event-stream requests from the rest |
 //! | `cursor` | one resumable id for a stream of several topics |
 //! | `outgoing`, `wake` | a connection's write buffer; telling what woke a task |
+//! | [`metrics`] | what the crate records, with the `metrics` feature |
 //! | [`hub`], [`backplane`] | topics, their rings of events, [`Subscription`] and [`Subscriber`]; carrying broadcasts between processes (Redis) |
 //! | `event`, `reject` | [`Event`] and its wire forms; [`Rejection`] |
 
