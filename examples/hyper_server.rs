@@ -4,7 +4,11 @@
 //! ```sh
 //! cargo run --example hyper_server             # listens on 127.0.0.1:3000
 //! ADDR=127.0.0.1:8080 cargo run --example hyper_server
+//! TLS_CERT=cert.pem TLS_KEY=key.pem cargo run --features http2 --example hyper_server
 //! ```
+//!
+//! With `TLS_CERT` and `TLS_KEY` (PEM files) it serves HTTPS, HTTP/2 and HTTP/1.1 by
+//! ALPN; built with `--features http2`, WebSockets travel over HTTP/2 too.
 //!
 //! - `GET /`: a page that subscribes to a topic by WebSocket and by EventSource and shows
 //!   what arrives;
@@ -101,18 +105,59 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .layer(app);
 
+    let tls = tls()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let service = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // Upgrades must be enabled for WebSockets.
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            // Upgrades must be enabled for WebSockets, and the extended CONNECT for
+            // WebSockets over HTTP/2.
+            #[cfg_attr(not(feature = "http2"), allow(unused_mut))]
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            #[cfg(feature = "http2")]
+            builder.http2().enable_connect_protocol();
+            let _ = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+            };
         });
     }
+}
+
+/// HTTPS with the certificate chain and key in the PEM files at `TLS_CERT` and `TLS_KEY`,
+/// when both are set, offering HTTP/2 and HTTP/1.1 by ALPN.
+fn tls() -> Result<Option<tokio_rustls::TlsAcceptor>, Box<dyn std::error::Error>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Ok(cert), Ok(key)) = (std::env::var("TLS_CERT"), std::env::var("TLS_KEY")) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&key)?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// The backplane the hub joined, if any.

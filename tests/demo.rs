@@ -21,11 +21,11 @@ struct Demo {
 
 impl Demo {
     fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(&[])
     }
 
-    /// A demo that joins the Redis backplane at `redis_url`, when given.
-    fn start_with(redis_url: Option<&str>) -> Self {
+    /// A demo with these environment variables set (`REDIS_URL`, `TLS_CERT`, ...).
+    fn start_with(env: &[(&str, &str)]) -> Self {
         // target/<profile>/deps/<this test> -> target/<profile>/examples/hyper_server
         let exe = std::env::current_exe().expect("test binary path");
         let binary = exe
@@ -43,9 +43,7 @@ impl Demo {
         command
             .env("ADDR", addr.to_string())
             .env_remove("REDIS_URL");
-        if let Some(url) = redis_url {
-            command.env("REDIS_URL", url);
-        }
+        command.envs(env.iter().copied());
         let mut child = command
             .stdout(Stdio::piped())
             .spawn()
@@ -134,8 +132,8 @@ async fn publish_decodes_the_event_type_and_refuses_one_with_a_line_break() {
 async fn a_client_resumes_on_the_other_demo_node_with_the_id_the_first_gave_it() {
     let redis = common::Redis::start(None);
     let (first, second) = (
-        Demo::start_with(Some(&redis.url())),
-        Demo::start_with(Some(&redis.url())),
+        Demo::start_with(&[("REDIS_URL", &redis.url())]),
+        Demo::start_with(&[("REDIS_URL", &redis.url())]),
     );
     let mut sse = SseClient::connect(first.addr, "/events/probe").await;
     // Published on the second node, which has no subscriber of the topic; the first
@@ -263,4 +261,89 @@ async fn the_demo_metrics_move_as_clients_come_events_flow_and_clients_leave() {
         "{after}"
     );
     assert_eq!(sample(&after, "fanout_subscriptions"), Some(0.0));
+}
+
+/// The demo over HTTPS with a certificate the test makes, HTTP/2 chosen by ALPN: a
+/// WebSocket and an event stream share the one TLS connection.
+#[cfg(feature = "http2")]
+#[tokio::test]
+async fn the_demo_serves_websockets_and_event_streams_over_https_and_http2() {
+    use tokio_rustls::rustls;
+
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let dir = std::env::temp_dir().join(format!("fanout-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("written");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("written");
+    let demo = Demo::start_with(&[
+        ("TLS_CERT", cert.to_str().expect("a path")),
+        ("TLS_KEY", key.to_str().expect("a path")),
+    ]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("a root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(demo.addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("a name"),
+            tcp,
+        )
+        .await
+        .expect("a TLS handshake");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "HTTP/2 by ALPN"
+    );
+
+    let mut sender = common::h2::handshake(tls).await;
+    let mut socket = common::h2::websocket(&mut sender, demo.addr, "/events/secure").await;
+    let mut body = common::h2::event_stream(&mut sender, demo.addr, "/events/secure").await;
+    let mut buffer = Vec::new();
+    // Both subscribed before their answers came: the publish reaches both.
+    let (status, text) = publish_tls(&mut sender, "/publish/secure", "hello").await;
+    assert_eq!((status, text.trim()), (200, "2"));
+    // The demo's WebSocket frames are `id LF data`.
+    let frame = common::h2::next_text(&mut socket).await;
+    assert!(frame.ends_with("\nhello"), "{frame:?}");
+    assert_eq!(common::h2::next_data(&mut body, &mut buffer).await, "hello");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes over the HTTP/2 connection of `sender`: the status and the answer's text.
+#[cfg(feature = "http2")]
+async fn publish_tls(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("https://localhost{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .expect("a request");
+    sender.ready().await.expect("ready");
+    let response = sender.send_request(request).await.expect("an answer");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -4,112 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use http_body_util::{BodyExt, Full};
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
-use common::{Inner, WAIT, serve_hyper, wait_until};
-
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// One HTTP/2 connection to `addr`.
-async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
-        .await
-        .expect("an HTTP/2 handshake");
-    tokio::spawn(connection);
-    sender
-}
-
-/// Opens a WebSocket on a stream of `sender`'s connection: an extended CONNECT.
-async fn websocket(sender: &mut SendRequest<Empty<Bytes>>, addr: SocketAddr, path: &str) -> Ws {
-    let mut request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://{addr}{path}"))
-        .header("sec-websocket-version", "13")
-        .body(Empty::new())
-        .expect("a request");
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    sender.ready().await.expect("the connection is ready");
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "{:?}",
-        response.headers()
-    );
-    let upgraded = hyper::upgrade::on(response).await.expect("the stream");
-    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
-}
-
-/// Opens an event stream on a stream of `sender`'s connection.
-async fn event_stream(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
-    path: &str,
-) -> hyper::body::Incoming {
-    let request = Request::builder()
-        .uri(format!("http://{addr}{path}"))
-        .header("accept", "text/event-stream")
-        .body(Empty::new())
-        .expect("a request");
-    sender.ready().await.expect("the connection is ready");
-    let response = sender.send_request(request).await.expect("an answer");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body()
-}
-
-/// The data of the next event of an SSE body.
-async fn next_data(body: &mut hyper::body::Incoming, buffer: &mut Vec<u8>) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = String::from_utf8_lossy(buffer).into_owned();
-        if let Some(end) = text.find("\n\n") {
-            buffer.drain(..end + 2);
-            let data: Vec<&str> = text[..end]
-                .lines()
-                .filter_map(|line| line.strip_prefix("data: "))
-                .collect();
-            if !data.is_empty() {
-                return data.join("\n");
-            }
-            continue;
-        }
-        let frame = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .expect("an event in time")
-            .expect("the stream goes on")
-            .expect("a frame");
-        if let Ok(data) = frame.into_data() {
-            buffer.extend_from_slice(&data);
-        }
-    }
-}
-
-async fn next_text(socket: &mut Ws) -> String {
-    let message = tokio::time::timeout(WAIT, socket.next())
-        .await
-        .expect("a frame in time")
-        .expect("the socket is open")
-        .expect("a frame");
-    message.into_text().expect("text").to_string()
-}
+use common::h2::{connect, event_stream, next_data, next_text, websocket};
+use common::{Inner, serve_hyper, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_and_event_streams_share_one_http2_connection() {
@@ -169,7 +70,7 @@ async fn an_extended_connect_without_version_13_is_refused_with_a_reason() {
         .method(Method::CONNECT)
         .uri(format!("http://{addr}/?topic=t"))
         .header("sec-websocket-version", "8")
-        .body(Empty::new())
+        .body(Full::default())
         .expect("a request");
     request
         .extensions_mut()

@@ -573,3 +573,122 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP/2 client for WebSockets (RFC 8441) and event streams.
+pub mod h2 {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use http::{Method, Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http2::SendRequest;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::WAIT;
+    pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+    /// One HTTP/2 connection to `addr`, over TCP with prior knowledge.
+    pub async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        handshake(stream).await
+    }
+
+    /// An HTTP/2 connection over `io`, driven by a task of its own.
+    pub async fn handshake<I>(io: I) -> SendRequest<Full<Bytes>>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .expect("an HTTP/2 handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    /// Opens a WebSocket on a stream of `sender`'s connection: an extended CONNECT.
+    pub async fn websocket(
+        sender: &mut SendRequest<Full<Bytes>>,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Ws {
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("http://{addr}{path}"))
+            .header("sec-websocket-version", "13")
+            .body(Full::default())
+            .expect("a request");
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        sender.ready().await.expect("the connection is ready");
+        let response = tokio::time::timeout(WAIT, sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.headers()
+        );
+        let upgraded = hyper::upgrade::on(response).await.expect("the stream");
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+    }
+
+    /// Opens an event stream on a stream of `sender`'s connection.
+    pub async fn event_stream(
+        sender: &mut SendRequest<Full<Bytes>>,
+        addr: SocketAddr,
+        path: &str,
+    ) -> hyper::body::Incoming {
+        let request = Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .header("accept", "text/event-stream")
+            .body(Full::default())
+            .expect("a request");
+        sender.ready().await.expect("the connection is ready");
+        let response = sender.send_request(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body()
+    }
+
+    /// The data of the next event of an SSE body.
+    pub async fn next_data(body: &mut hyper::body::Incoming, buffer: &mut Vec<u8>) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = String::from_utf8_lossy(buffer).into_owned();
+            if let Some(end) = text.find("\n\n") {
+                buffer.drain(..end + 2);
+                let data: Vec<&str> = text[..end]
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data: "))
+                    .collect();
+                if !data.is_empty() {
+                    return data.join("\n");
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .expect("a frame");
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+            }
+        }
+    }
+
+    pub async fn next_text(socket: &mut Ws) -> String {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        message.into_text().expect("text").to_string()
+    }
+}
