@@ -7,8 +7,9 @@
 //! TLS_CERT=cert.pem TLS_KEY=key.pem cargo run --features http2 --example hyper_server
 //! ```
 //!
-//! With `TLS_CERT` and `TLS_KEY` (PEM files) it serves HTTPS, HTTP/2 and HTTP/1.1 by
-//! ALPN; built with `--features http2`, WebSockets travel over HTTP/2 too.
+//! With `TLS_CERT` and `TLS_KEY` (PEM files), or `TLS_SELF_SIGNED=1` (a certificate for
+//! `localhost` made at start), it serves HTTPS, HTTP/2 and HTTP/1.1 by ALPN; built with
+//! `--features http2`, WebSockets travel over HTTP/2 too.
 //!
 //! - `GET /`: a page that subscribes to a topic by WebSocket and by EventSource and shows
 //!   what arrives;
@@ -140,15 +141,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// HTTPS with the certificate chain and key in the PEM files at `TLS_CERT` and `TLS_KEY`,
-/// when both are set, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// when both are set, or with a self-signed certificate for `localhost` made at start
+/// when `TLS_SELF_SIGNED` is set (for a browser told to ignore certificate errors);
+/// offering HTTP/2 and HTTP/1.1 by ALPN.
 fn tls() -> Result<Option<tokio_rustls::TlsAcceptor>, Box<dyn std::error::Error>> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (Ok(cert), Ok(key)) = (std::env::var("TLS_CERT"), std::env::var("TLS_KEY")) else {
-        return Ok(None);
+    let (chain, key) = match (std::env::var("TLS_CERT"), std::env::var("TLS_KEY")) {
+        (Ok(cert), Ok(key)) => (
+            CertificateDer::pem_file_iter(&cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(&key)?,
+        ),
+        _ if std::env::var_os("TLS_SELF_SIGNED").is_some() => {
+            let made = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ])?;
+            let key = PrivateKeyDer::try_from(made.signing_key.serialize_der())?;
+            (vec![made.cert.der().clone()], key)
+        }
+        _ => return Ok(None),
     };
-    let chain = CertificateDer::pem_file_iter(&cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&key)?;
     let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

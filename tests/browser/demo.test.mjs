@@ -3,9 +3,12 @@
 // are broadcast while they are away, and after the browser's own reconnect the page shows
 // every event exactly once, in order. Then the same for one EventSource on three topics
 // and one WebSocket through client/fanout.js, which subscribes and unsubscribes at
-// runtime.
+// runtime. Then, over HTTPS (a certificate the demo makes, which the browser is told to
+// ignore) and HTTP/2, twenty EventSources and one WebSocket all get their events, and the
+// demo's /metrics shows that they travelled over HTTP/2.
 //
-// Needs the example built (target/debug/examples/hyper_server) and Chromium at
+// Needs the example built with `--features http2,metrics`
+// (target/debug/examples/hyper_server) and Chromium at
 // /usr/bin/chromium (or $CHROMIUM). Run: npm test --prefix tests/browser
 
 import assert from "node:assert/strict";
@@ -30,9 +33,9 @@ function freePort() {
   });
 }
 
-function startServer(port) {
+function startServer(port, env = {}) {
   const server = spawn(`${root}target/debug/examples/hyper_server`, [], {
-    env: { ...process.env, ADDR: `127.0.0.1:${port}` },
+    env: { ...process.env, ADDR: `127.0.0.1:${port}`, ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const listening = new Promise((resolve, reject) => {
@@ -68,10 +71,11 @@ async function waitForBoth(page, expected) {
   assert.deepEqual(seen.sse, expected, "EventSource list");
 }
 
-function launch() {
+function launch(extra = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [
+      ...extra,
       "--no-sandbox",
       "--disable-gpu",
       "--disable-quic",
@@ -193,4 +197,63 @@ test("one EventSource and one WebSocket carry several topics, resumed whole afte
   const screenshot = `${root}target/browser/topics.png`;
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
+});
+
+test("over HTTPS and HTTP/2, twenty EventSources and a WebSocket all receive their events", async (t) => {
+  const TOPICS = 20;
+  const port = await freePort();
+  const base = `https://localhost:${port}`;
+  const { server, listening } = startServer(port, { TLS_SELF_SIGNED: "1" });
+  t.after(() => server.kill());
+  await listening;
+  const browser = await launch(["--ignore-certificate-errors"]);
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(`${base}/`);
+
+  // Over HTTP/1.1 the browser would hold back all but six of these.
+  await page.evaluate(async (topics) => {
+    window.h2 = { sse: {}, ws: [] };
+    const opened = [];
+    for (let i = 0; i < topics; i++) {
+      const topic = `h2-${i}`;
+      window.h2.sse[topic] = [];
+      const source = new EventSource(`/events/${topic}`);
+      source.onmessage = (event) => window.h2.sse[topic].push(event.data);
+      opened.push(new Promise((resolve) => (source.onopen = resolve)));
+    }
+    const socket = new WebSocket(`wss://${location.host}/events/h2-ws`);
+    socket.onmessage = (event) => window.h2.ws.push(event.data.split("\n").pop());
+    opened.push(new Promise((resolve) => (socket.onopen = resolve)));
+    await Promise.all(opened);
+  }, TOPICS);
+
+  const post = (path, body) =>
+    page.evaluate(
+      async ({ path, body }) => (await fetch(path, { method: "POST", body })).text(),
+      { path, body },
+    );
+  for (let i = 0; i < TOPICS; i++) {
+    assert.equal((await post(`/publish/h2-${i}`, `event ${i}`)).trim(), "1", `h2-${i}`);
+  }
+  assert.equal((await post("/publish/h2-ws", "to the socket")).trim(), "1");
+  await page.waitForFunction(
+    (topics) =>
+      Object.values(window.h2.sse).filter((list) => list.length > 0).length === topics &&
+      window.h2.ws.length > 0,
+    TOPICS,
+    { timeout: WAIT },
+  );
+  const seen = await page.evaluate(() => window.h2);
+  for (let i = 0; i < TOPICS; i++) assert.deepEqual(seen.sse[`h2-${i}`], [`event ${i}`]);
+  assert.deepEqual(seen.ws, ["to the socket"]);
+
+  // The server's side: the WebSocket and the event streams travelled over HTTP/2.
+  const metrics = await page.evaluate(async () => (await fetch("/metrics")).text());
+  const sample = (series) => {
+    const line = metrics.split("\n").find((line) => line.startsWith(`${series} `));
+    return line ? Number(line.split(" ")[1]) : 0;
+  };
+  assert.ok(sample('fanout_connections{transport="websocket",version="HTTP/2"}') >= 1, metrics);
+  assert.ok(sample('fanout_connections{transport="sse",version="HTTP/2"}') >= TOPICS, metrics);
 });
