@@ -4,12 +4,13 @@
 
 mod common;
 
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
-use common::h2::{connect, event_stream, next_data, next_text, websocket};
+use common::h2::{
+    connect, event_stream, exchange, extended_connect, next_data, next_text, websocket,
+};
 use common::{Inner, serve_hyper, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,25 +67,10 @@ async fn an_extended_connect_without_version_13_is_refused_with_a_reason() {
     let hub = Hub::new();
     let addr = serve_hyper(StreamLayer::new(hub).layer(Inner)).await;
     let mut sender = connect(addr).await;
-    let mut request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://{addr}/?topic=t"))
-        .header("sec-websocket-version", "8")
-        .body(Full::default())
-        .expect("a request");
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    sender.ready().await.expect("ready");
-    let response = sender.send_request(request).await.expect("an answer");
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("13"), "{body:?}");
+    let request = extended_connect(addr, "/?topic=t", "8");
+    let (status, reason) = exchange(&mut sender, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(reason.contains("13"), "{reason:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -903,7 +903,15 @@ async fn hop_through_a_restart(persistent: bool) {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Redis goes away once a third of the events are out.
+    wait_until("a third published", || {
+        nodes
+            .iter()
+            .map(|node| node.backplane.stats().published)
+            .sum::<u64>()
+            >= EACH as u64
+    })
+    .await;
     let port = redis.stop();
     wait_until("the nodes noticed", || {
         nodes.iter().all(|node| !node.backplane.stats().connected)

@@ -915,10 +915,7 @@ async fn history(
         }
         lost |= position > next;
         next = position + 1;
-        if let Some((_, mut event)) = decode(shared, topic, message) {
-            event.assign_id(format!("{current}-{position}"));
-            events.push(event);
-        }
+        events.extend(ordered_event(shared, topic, &current, position, message));
     }
     Ok(History::new(events, lost))
 }
@@ -992,31 +989,29 @@ async fn receive_ordered(
         shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     };
-    let last = {
-        let mut known = lock_positions(positions);
-        match known.get_mut(topic) {
-            // Not followed (any more): delivered as it comes.
-            None => first.saturating_sub(1),
-            Some(position) => match position.epoch.as_deref() {
-                Some(known) if known == epoch => position.at,
-                None => {
-                    position.epoch = Some(epoch.clone());
-                    position.at
-                }
-                Some(_) => {
-                    // Redis lost the history this node stood in: what it held after that
-                    // point is gone, and the new epoch is taken from its start.
-                    *position = Position {
-                        epoch: Some(epoch.clone()),
-                        at: 0,
-                    };
-                    drop(known);
-                    announce_gap(shared, remote, topic);
-                    0
-                }
-            },
-        }
+    let (last, new_epoch) = match lock_positions(positions).get_mut(topic) {
+        // Not followed (any more): delivered as it comes.
+        None => (first.saturating_sub(1), false),
+        Some(position) => match position.epoch.as_deref() {
+            Some(known) if known == epoch => (position.at, false),
+            None => {
+                position.epoch = Some(epoch.clone());
+                (position.at, false)
+            }
+            Some(_) => {
+                // Redis lost the history this node stood in: what it held after that
+                // point is gone, and the new epoch is taken from its start.
+                *position = Position {
+                    epoch: Some(epoch.clone()),
+                    at: 0,
+                };
+                (0, true)
+            }
+        },
     };
+    if new_epoch {
+        announce_gap(shared, remote, topic);
+    }
     if first > last + 1 {
         fill(
             shared,
@@ -1091,12 +1086,25 @@ fn deliver_ordered(
     at: u64,
     message: Bytes,
 ) {
-    let Some((_, mut event)) = decode(shared, topic, message) else {
+    let Some(event) = ordered_event(shared, topic, epoch, at, message) else {
         return;
     };
-    event.assign_id(format!("{epoch}-{at}"));
     shared.counters.received.fetch_add(1, Ordering::Relaxed);
     remote.deliver(topic, event);
+}
+
+/// The event of `message` at position `at` of `topic`'s history, with the id that names
+/// that position on every node.
+fn ordered_event(
+    shared: &Shared,
+    topic: &str,
+    epoch: &str,
+    at: u64,
+    message: Bytes,
+) -> Option<Event> {
+    let (_, mut event) = decode(shared, topic, message)?;
+    event.assign_id(format!("{epoch}-{at}"));
+    Some(event)
 }
 
 /// Tells `topic`'s subscribers on this node that events of it are missing, and counts it.

@@ -359,11 +359,7 @@ impl Hub {
     /// it and handed it back, in the cluster's order; the count is of the subscribers it
     /// will reach then.
     pub fn broadcast(&self, topic: &str, event: impl Into<Event>) -> usize {
-        let mut event = event.into();
-        // Events kept for history live long: what they share is copied too.
-        event.own_small_data(self.inner.history > 0);
-        // Allocated before any lock is taken.
-        self.inner.deliver(topic, Arc::new(event), true)
+        self.inner.take(topic, event.into(), true)
     }
 
     /// Subscribes to `topic`: the subscription receives every event broadcast to it from
@@ -560,6 +556,16 @@ impl Hub {
 }
 
 impl HubCore {
+    /// Delivers `event` as [`deliver`](Self::deliver) does, once it holds only what it
+    /// needs: a broadcast's data, or another node's (a view into a message that carried
+    /// many events), may share a larger allocation.
+    pub(crate) fn take(&self, topic: &str, mut event: Event, publish: bool) -> usize {
+        // Events kept for history live long: what they share is copied too.
+        event.own_small_data(self.history > 0);
+        // Allocated before any lock is taken.
+        self.deliver(topic, Arc::new(event), publish)
+    }
+
     /// Hands `event` to the local subscribers of `topic` and, for a broadcast of this
     /// node, to the backplane.
     pub(crate) fn deliver(&self, topic: &str, event: Arc<Event>, publish: bool) -> usize {

@@ -609,21 +609,47 @@ pub mod h2 {
         sender
     }
 
+    /// An extended CONNECT for a WebSocket at `path`, with this `Sec-WebSocket-Version`.
+    pub fn extended_connect(addr: SocketAddr, path: &str, version: &str) -> Request<Full<Bytes>> {
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("http://{addr}{path}"))
+            .header("sec-websocket-version", version)
+            .body(Full::default())
+            .expect("a request");
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        request
+    }
+
+    /// Sends `request` on a stream of `sender`'s connection: the answer's status and text.
+    pub async fn exchange(
+        sender: &mut SendRequest<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
+    ) -> (StatusCode, String) {
+        sender.ready().await.expect("the connection is ready");
+        let response = tokio::time::timeout(WAIT, sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Opens a WebSocket on a stream of `sender`'s connection: an extended CONNECT.
     pub async fn websocket(
         sender: &mut SendRequest<Full<Bytes>>,
         addr: SocketAddr,
         path: &str,
     ) -> Ws {
-        let mut request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(format!("http://{addr}{path}"))
-            .header("sec-websocket-version", "13")
-            .body(Full::default())
-            .expect("a request");
-        request
-            .extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let request = extended_connect(addr, path, "13");
         sender.ready().await.expect("the connection is ready");
         let response = tokio::time::timeout(WAIT, sender.send_request(request))
             .await
