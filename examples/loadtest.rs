@@ -13,8 +13,10 @@
 //! started with `loadtest serve KIND ADDR`, under a profiler for example); the server's
 //! CPU and memory are then not reported.
 //!
-//! Servers: `crate` is the layer served by `tower_fanout::serve`; `crate-axum` is the same
-//! application served by `axum::serve`, as the baseline is. `bare` is the floor: a server
+//! Servers: `crate` is the layer served by `tower_fanout::serve`; `crate-tls` the same over
+//! TLS (`serve(..).with_transport(..)`, rustls, a certificate the server makes and the
+//! clients trust); `crate-axum` is the same application served by `axum::serve`, as the
+//! baseline is. `bare` is the floor: a server
 //! with no hub and no HTTP or WebSocket library, which encodes each event once and
 //! appends it to every connection's queue.
 //!
@@ -65,12 +67,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.first().map(String::as_str) == Some("serve") {
         let kind = args.get(1).cloned().unwrap_or_default();
         let addr: SocketAddr = args.get(2).ok_or("serve KIND ADDR")?.parse()?;
+        // `crate-tls` writes the certificate it made here, for the clients to trust.
+        let certificate = args.get(3).map(std::path::PathBuf::from);
         // The server under test: two workers, as many as the machine has cores.
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(server::run(&kind, addr));
+            .block_on(server::run(&kind, addr, certificate));
     }
     let options = Options::parse(&args)?;
     tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +172,7 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     Some(addr) => Server {
                         process: None,
                         addr,
+                        tls: None,
                     },
                     None => Server::start(kind).await?,
                 };
@@ -194,16 +199,49 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 struct Server {
     process: Option<ServerProcess>,
     addr: SocketAddr,
+    /// For a server that speaks TLS: a client that trusts its certificate.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
+
+/// A client's connection: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl Server {
     async fn start(kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        if !kind.ends_with("-tls") {
+            let process =
+                ServerProcess::start(|addr| ["serve", kind, addr].map(str::to_owned).to_vec())
+                    .await?;
+            return Ok(Self {
+                addr: process.addr,
+                process: Some(process),
+                tls: None,
+            });
+        }
+        let certificate =
+            std::env::temp_dir().join(format!("fanout-loadtest-{}-{kind}.pem", std::process::id()));
+        let path = certificate.to_str().ok_or("a temporary path")?.to_owned();
         let process =
-            ServerProcess::start(|addr| ["serve", kind, addr].map(str::to_owned).to_vec()).await?;
+            ServerProcess::start(|addr| ["serve", kind, addr, &path].map(str::to_owned).to_vec())
+                .await?;
+        let pem = std::fs::read(&certificate)?;
+        let _ = std::fs::remove_file(&certificate);
         Ok(Self {
             addr: process.addr,
             process: Some(process),
+            tls: Some(tls::connector(&pem)?),
         })
+    }
+
+    /// A new connection to the server.
+    async fn connect(&self) -> Result<Box<dyn Io>, Box<dyn std::error::Error>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let Some(connector) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?;
+        Ok(Box::new(connector.connect(name, tcp).await?))
     }
 
     /// The server's user + system CPU time.
@@ -222,7 +260,7 @@ impl Server {
 
     /// Sends a control request and returns the body of the answer.
     async fn control(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-        load::control(self.addr, path).await
+        load::control_on(self.connect().await?, path).await
     }
 
     async fn wait_subscribers(&self, count: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -382,7 +420,7 @@ async fn clients(
             // A read holds at most one delivery per 64 bytes or so.
             (buffer, warm(READ, 0), warm(READ / 64, Arrival::default()))
         };
-        let mut stream = TcpStream::connect(server.addr).await?;
+        let mut stream = server.connect().await?;
         stream
             .write_all(stream_request(transport, topics).as_bytes())
             .await?;
@@ -696,7 +734,7 @@ async fn stall(
     // Clients that open their stream and never read from it again.
     let mut stalled = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
-        let mut stream = TcpStream::connect(server.addr).await?;
+        let mut stream = server.connect().await?;
         stream
             .write_all(stream_request(transport, options.topics).as_bytes())
             .await?;
@@ -801,16 +839,22 @@ mod server {
     pub(super) async fn run(
         kind: &str,
         addr: SocketAddr,
+        certificate: Option<std::path::PathBuf>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         raise_fd_limit();
         // Built with the metrics feature, the server records into a Prometheus recorder,
         // as a deployment would: the burst then shows what metrics cost.
         #[cfg(feature = "metrics")]
         let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        // Made before the listener is bound: once it accepts, the certificate is there.
+        let acceptor = certificate
+            .as_deref()
+            .map(super::tls::acceptor)
+            .transpose()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
             "bare" => return super::bare::run(listener).await,
-            "crate" | "crate-axum" => {
+            "crate" | "crate-axum" | "crate-tls" => {
                 let hub = Hub::builder().buffer(4096).build();
                 // `/events/{topic}`, or `/events/?topic=..&topic=..` for several.
                 let layer = StreamLayer::new(hub.clone())
@@ -835,6 +879,13 @@ mod server {
                 let app = control(Publisher::Hub(hub)).layer(layer);
                 if kind == "crate" {
                     tower_fanout::serve(listener, app).await;
+                    return Ok(());
+                }
+                if kind == "crate-tls" {
+                    let acceptor = acceptor.ok_or("a certificate path")?;
+                    tower_fanout::serve(listener, app)
+                        .with_transport(move |tcp| acceptor.accept(tcp))
+                        .await;
                     return Ok(());
                 }
                 app
@@ -1108,5 +1159,48 @@ mod bare {
             body.len()
         );
         let _ = stream.write_all(response.as_bytes()).await;
+    }
+}
+
+/// TLS for the `crate-tls` server: a self-signed certificate for `localhost`, made by the
+/// server and trusted by the clients, and HTTP/1.1 by ALPN.
+mod tls {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, crypto::CryptoProvider};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    type Error = Box<dyn std::error::Error>;
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Makes a certificate, writes it to `certificate` as PEM, and serves with it.
+    pub(super) fn acceptor(certificate: &Path) -> Result<TlsAcceptor, Error> {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        std::fs::write(certificate, made.cert.pem())?;
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der())?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// A client that trusts the certificate in `pem`.
+    pub(super) fn connector(pem: &[u8]) -> Result<TlsConnector, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pem)?)?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsConnector::from(Arc::new(config)))
     }
 }

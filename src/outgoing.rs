@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
@@ -151,7 +151,14 @@ impl Outgoing {
                 }
             }
         }
-        ready!(Pin::new(&mut *io).poll_flush(cx))?;
+        // A transport that buffers (TLS) may take every write and hold the bytes until
+        // the socket does: a flush that waits is a stalled write as well.
+        if Pin::new(&mut *io).poll_flush(cx)?.is_pending() {
+            if took || self.stalled_since.is_none() {
+                self.stalled_since = Some(Instant::now());
+            }
+            return Poll::Pending;
+        }
         *self = Self::default();
         Poll::Ready(Ok(()))
     }
@@ -225,10 +232,12 @@ mod tests {
 
     use super::*;
 
-    /// A writer that takes at most `limit` bytes per call, across slices.
+    /// A writer that takes at most `limit` bytes per call, across slices, and whose
+    /// flush waits while it `holds` them, as a TLS stream's does.
     struct Trickle {
         written: Vec<u8>,
         limit: usize,
+        holds: bool,
     }
 
     impl AsyncWrite for Trickle {
@@ -261,7 +270,11 @@ mod tests {
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+            if self.holds {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
         }
 
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -294,6 +307,7 @@ mod tests {
             let mut io = Trickle {
                 written: Vec::new(),
                 limit,
+                holds: false,
             };
             let mut cx = Context::from_waker(Waker::noop());
             assert!(matches!(
@@ -303,6 +317,27 @@ mod tests {
             assert!(io.written == expected, "limit {limit}");
             assert_eq!(out.waiting(), 0);
         }
+    }
+
+    #[test]
+    fn a_flush_that_waits_is_a_stalled_write() {
+        let mut out = Outgoing::default();
+        out.bytes().extend_from_slice(b"event");
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: 1 << 20,
+            holds: true,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(out.poll_write(&mut io, &mut cx).is_pending());
+        assert!(out.stalled_since().is_some());
+        io.holds = false;
+        assert!(matches!(
+            out.poll_write(&mut io, &mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(io.written, b"event");
+        assert!(out.stalled_since().is_none());
     }
 
     #[test]

@@ -280,10 +280,7 @@ async fn the_demo_metrics_move_as_clients_come_events_flow_and_clients_leave() {
 #[cfg(feature = "http2")]
 #[tokio::test]
 async fn the_demo_serves_websockets_and_event_streams_over_https_and_http2() {
-    use tokio_rustls::rustls;
-
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let certified = common::tls::certificate();
     let dir = std::env::temp_dir().join(format!("fanout-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -294,25 +291,8 @@ async fn the_demo_serves_websockets_and_event_streams_over_https_and_http2() {
         ("TLS_KEY", key.to_str().expect("a path")),
     ]);
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("a root");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(demo.addr)
-        .await
-        .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("a name"),
-            tcp,
-        )
-        .await
-        .expect("a TLS handshake");
+    let connector = common::tls::connector(&certified, &["h2"]);
+    let tls = common::tls::connect(&connector, demo.addr).await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"h2"[..]),

@@ -19,7 +19,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use common::{
-    Inner, SseClient, WAIT, assert_fan_out, raw_request, recording_layer, serve_fanout, wait_until,
+    Inner, SseClient, WAIT, assert_fan_out, raw_request, recording_layer, serve_fanout, tls,
+    wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,4 +378,130 @@ async fn slow_readers_keep_their_streams_with_the_kernels_own_buffers() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     publisher.abort();
+}
+
+/// Serves `StreamLayer::new(hub)` over TLS offering `protocols` by ALPN, with a write
+/// timeout of 200 ms; returns the address and a client for it.
+async fn serve_tls(hub: &Hub, protocols: &[&str]) -> (std::net::SocketAddr, tls::TlsConnector) {
+    let certified = tls::certificate();
+    let acceptor = tls::acceptor(&certified, protocols);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let app = StreamLayer::new(hub.clone())
+        .write_timeout(Duration::from_millis(200))
+        .layer(Inner);
+    let server = tower_fanout::serve(listener, app).with_transport(move |tcp| acceptor.accept(tcp));
+    tokio::spawn(std::future::IntoFuture::into_future(server));
+    (addr, tls::connector(&certified, protocols))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_websockets_and_event_streams_get_exactly_their_events() {
+    let hub = Hub::new();
+    let (addr, connector) = serve_tls(&hub, &["http/1.1"]).await;
+    let io = tls::connect(&connector, addr).await;
+    let mut sse = SseClient::over(io, "localhost", "/?topic=a", "").await;
+    assert!(
+        sse.headers.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        sse.headers
+    );
+    let io = tls::connect(&connector, addr).await;
+    let (mut socket, _) = timeout(
+        WAIT,
+        tokio_tungstenite::client_async("wss://localhost/?topic=b", io),
+    )
+    .await
+    .expect("a handshake in time")
+    .expect("a WebSocket");
+    wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+
+    hub.broadcast("a", "one for a");
+    hub.broadcast("b", "one for b");
+    hub.broadcast("a", "two for a");
+    assert_eq!(sse.next_event().await.data, "one for a");
+    assert_eq!(sse.next_event().await.data, "two for a");
+    let frame = timeout(WAIT, futures_util::StreamExt::next(&mut socket))
+        .await
+        .expect("a frame in time")
+        .expect("the socket is open")
+        .expect("a frame");
+    assert_eq!(frame.into_text().expect("text").as_str(), "one for b");
+
+    // A client that does not speak TLS loses only its own connection.
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET /?topic=a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = timeout(WAIT, plain.read_to_end(&mut rest))
+        .await
+        .expect("that connection is closed");
+    assert_eq!(hub.stats().subscribers, 2);
+
+    drop((sse, socket));
+    wait_until("both left", || hub.stats().subscribers == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_stream_whose_client_stops_reading_is_closed_after_the_write_timeout() {
+    let hub = Hub::new();
+    let (addr, connector) = serve_tls(&hub, &["http/1.1"]).await;
+    let mut stalled = tls::connect(&connector, addr).await;
+    stalled
+        .write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // TLS buffers what it encrypts: the events fill it and the socket buffers behind it,
+    // then the stream's writes wait for the timeout.
+    let payload = "z".repeat(1000);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut published = 0;
+    while hub.stats().subscribers > 0 {
+        assert!(
+            published < 1_000_000 && tokio::time::Instant::now() < deadline,
+            "the stream is still open after {published} events"
+        );
+        for _ in 0..100 {
+            hub.broadcast("t", format!("{published} {payload}"));
+            published += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// HTTP/2 by ALPN, and by prior knowledge without TLS: a WebSocket and an event stream
+/// on one connection to `tower_fanout::serve`.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_http2_serve_carries_websockets_and_event_streams_over_tls_and_prior_knowledge() {
+    use common::h2;
+
+    let hub = Hub::new();
+    let (addr, connector) = serve_tls(&hub, &["h2", "http/1.1"]).await;
+    let tls = tls::connect(&connector, addr).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let plain_addr = serve_fanout(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let senders = [
+        (h2::handshake(tls).await, addr),
+        (h2::connect(plain_addr).await, plain_addr),
+    ];
+    for (mut sender, addr) in senders {
+        let mut socket = h2::websocket(&mut sender, addr, "/?topic=h2").await;
+        let mut body = h2::event_stream(&mut sender, addr, "/?topic=h2").await;
+        wait_until("both subscribed", || hub.stats().subscribers == 2).await;
+        assert_eq!(hub.broadcast("h2", "over HTTP/2"), 2);
+        assert_eq!(h2::next_text(&mut socket).await, "over HTTP/2");
+        assert_eq!(
+            h2::next_data(&mut body, &mut Vec::new()).await,
+            "over HTTP/2"
+        );
+        drop((socket, body, sender));
+        wait_until("both left", || hub.stats().subscribers == 0).await;
+    }
 }

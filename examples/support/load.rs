@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a control request may take.
@@ -57,7 +57,15 @@ impl Drop for ServerProcess {
 
 /// Sends `POST path` to the server at `addr` and returns the body of the answer.
 pub async fn control(addr: SocketAddr, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let mut stream = TcpStream::connect(addr).await?;
+    control_on(TcpStream::connect(addr).await?, path).await
+}
+
+/// Sends `POST path` on `stream`, a new connection to the server, and returns the body of
+/// the answer.
+pub async fn control_on(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    path: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );

@@ -4,8 +4,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Body;
 use crate::classify::{is_upgrade_attempt, wants_event_stream};
@@ -26,7 +25,7 @@ pub(super) enum Head {
 }
 
 /// Reads until the first request head is whole, or is known not to be an event stream.
-pub(super) async fn read(stream: &mut TcpStream) -> io::Result<Head> {
+pub(super) async fn read(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Head> {
     let mut read = BytesMut::new();
     loop {
         read.reserve(READ);

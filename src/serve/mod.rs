@@ -1,6 +1,7 @@
 //! A server for a stack with a [`StreamLayer`](crate::StreamLayer): HTTP/1.1 with
-//! upgrades, through hyper, except that a connection which opens with a
-//! Server-Sent-Events request is answered on the bare socket.
+//! upgrades (and HTTP/2 with the `http2` feature), through hyper, except that a
+//! connection which opens with a Server-Sent-Events request is answered on the bare
+//! socket.
 //!
 //! An event stream is one response that never ends, so under a general HTTP server each
 //! idle stream keeps that server's per-connection state: hyper's read and write buffers,
@@ -37,8 +38,35 @@
 //! # }
 //! ```
 //!
-//! It speaks HTTP/1.1 only; a stack that must also carry HTTP/2 (gRPC) is served by
-//! `axum::serve` or hyper-util's auto builder, where the layer works the same.
+//! # TLS, or any other transport
+//!
+//! [`Serve::with_transport`] turns each accepted TCP connection into the IO that is
+//! served, in the connection's own task: a TLS acceptor's handshake, for example. The
+//! socket options above are set on the TCP stream first, and an event stream over the
+//! transport is written as over plain TCP, without a buffer of this crate's between
+//! events. The handshake and the first request head together have 30 s.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use tower_fanout::{Hub, StreamLayer};
+//! # async fn run(config: Arc<tokio_rustls::rustls::ServerConfig>) -> std::io::Result<()> {
+//! # let app = axum::Router::new().layer(StreamLayer::new(Hub::new()));
+//! // `config` lists the protocols by ALPN: `h2` needs the `http2` feature.
+//! let tls = tokio_rustls::TlsAcceptor::from(config);
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+//! tower_fanout::serve(listener, app)
+//!     .with_transport(move |tcp| tls.accept(tcp))
+//!     .await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # HTTP/2
+//!
+//! With the `http2` feature, a connection that opens with HTTP/2's preface (prior
+//! knowledge, or a TLS client that chose `h2` by ALPN) is served by hyper's HTTP/2, with
+//! the extended CONNECT enabled, so WebSockets travel over it too (RFC 8441). Without
+//! the feature such a connection is refused by hyper's HTTP/1.1 as a malformed request.
 
 mod body;
 mod head;
@@ -54,10 +82,10 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
@@ -70,7 +98,8 @@ use crate::config::WriteTimeout;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// How long a new connection has to send its first request head.
+/// How long a new connection has for its transport's handshake and its first request
+/// head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections in hyper's hands have after the shutdown signal, by default.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,19 +117,28 @@ pub fn serve<S>(listener: TcpListener, service: S) -> Serve<S> {
         service,
         signal: std::future::pending(),
         shutdown_timeout: SHUTDOWN_TIMEOUT,
+        transport: plain,
     }
+}
+
+/// The transport of [`serve`] unless told otherwise: the TCP stream itself.
+pub type Plain = fn(TcpStream) -> std::future::Ready<io::Result<TcpStream>>;
+
+fn plain(tcp: TcpStream) -> std::future::Ready<io::Result<TcpStream>> {
+    std::future::ready(Ok(tcp))
 }
 
 /// The future of [`serve`]: await it (it implements [`IntoFuture`]).
 #[must_use = "a server does nothing until it is awaited"]
-pub struct Serve<S, F = std::future::Pending<()>> {
+pub struct Serve<S, F = std::future::Pending<()>, T = Plain> {
     listener: TcpListener,
     service: S,
     signal: F,
     shutdown_timeout: Duration,
+    transport: T,
 }
 
-impl<S> Serve<S> {
+impl<S, T> Serve<S, std::future::Pending<()>, T> {
     /// Shuts down gracefully once `signal` completes: stops accepting, lets each request
     /// in progress finish (for at most the [shutdown timeout](Self::shutdown_timeout))
     /// and closes connections as they go idle, then waits until every connection it
@@ -112,7 +150,7 @@ impl<S> Serve<S> {
     /// by the layer's write timeout, so whatever the clients do, the wait is bounded.
     /// Upgraded WebSocket connections are the layer's, not the server's; closing the hub
     /// ends them with 1001.
-    pub fn with_graceful_shutdown<F>(self, signal: F) -> Serve<S, F>
+    pub fn with_graceful_shutdown<F>(self, signal: F) -> Serve<S, F, T>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -121,11 +159,35 @@ impl<S> Serve<S> {
             service: self.service,
             signal,
             shutdown_timeout: self.shutdown_timeout,
+            transport: self.transport,
         }
     }
 }
 
 impl<S, F> Serve<S, F> {
+    /// Serves the IO that `transport` makes of each accepted TCP stream, a TLS stream for
+    /// example, instead of the stream itself.
+    ///
+    /// `transport` is called in the accept loop; the future it returns runs in the
+    /// connection's task, so a slow handshake holds up only its own connection. A
+    /// handshake that fails closes the connection (logged at debug level).
+    pub fn with_transport<T, H, Io>(self, transport: T) -> Serve<S, F, T>
+    where
+        T: FnMut(TcpStream) -> H,
+        H: Future<Output = io::Result<Io>>,
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        Serve {
+            listener: self.listener,
+            service: self.service,
+            signal: self.signal,
+            shutdown_timeout: self.shutdown_timeout,
+            transport,
+        }
+    }
+}
+
+impl<S, F, T> Serve<S, F, T> {
     /// How long, after the shutdown signal, a connection served by hyper may take to
     /// finish what it is doing before it is closed: a client that sends its request body
     /// slowly, or not at all, cannot hold the shutdown longer. Default: 30 s.
@@ -138,7 +200,7 @@ impl<S, F> Serve<S, F> {
     }
 }
 
-impl<S, F> fmt::Debug for Serve<S, F> {
+impl<S, F, T> fmt::Debug for Serve<S, F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serve")
             .field("listener", &self.listener)
@@ -146,7 +208,7 @@ impl<S, F> fmt::Debug for Serve<S, F> {
     }
 }
 
-impl<S, B, F> IntoFuture for Serve<S, F>
+impl<S, B, F, T, H, Io> IntoFuture for Serve<S, F, T>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -155,6 +217,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
     F: Future<Output = ()> + Send + 'static,
+    T: FnMut(TcpStream) -> H + Send + 'static,
+    H: Future<Output = io::Result<Io>> + Send + 'static,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     type Output = ();
     type IntoFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -166,6 +231,7 @@ where
                 service,
                 signal,
                 shutdown_timeout,
+                mut transport,
             } = self;
             // Every connection holds a receiver: it hears the shutdown through it, and the
             // sender knows the connection has ended when it is dropped.
@@ -179,13 +245,12 @@ where
                 let _ = stream.set_nodelay(true);
                 limit_unsent(&stream);
                 let connection = Connection {
-                    stream,
                     peer,
                     service: service.clone(),
                     shutdown: open.clone(),
                     shutdown_timeout,
                 };
-                tokio::spawn(connection.serve());
+                tokio::spawn(connection.serve(transport(stream)));
             }
             drop(listener);
             let _ = shutdown.send(());
@@ -240,7 +305,6 @@ fn is_connection_error(error: &io::Error) -> bool {
 
 /// One accepted connection, before it is known who serves it.
 struct Connection<S> {
-    stream: TcpStream,
     peer: SocketAddr,
     service: S,
     /// Changes when the server shuts down; dropped when the connection ends.
@@ -258,15 +322,25 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    async fn serve(mut self) {
+    /// Serves the connection once `handshake` has made its IO.
+    async fn serve<H, Io>(mut self, handshake: H)
+    where
+        H: Future<Output = io::Result<Io>>,
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = self.peer;
-        let head = tokio::select! {
-            head = tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut self.stream)) => head,
+        let opened = async {
+            let mut io = handshake.await?;
+            let head = head::read(&mut io).await?;
+            Ok::<_, io::Error>((io, head))
+        };
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(HEAD_TIMEOUT, opened) => opened,
             // A connection that has not asked for anything yet is simply closed.
             () = shut_down(&mut self.shutdown) => return,
         };
-        let head = match head {
-            Ok(Ok(head)) => head,
+        let (io, head) = match opened {
+            Ok(Ok(opened)) => opened,
             Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
             Err(_) => return tracing::debug!(%peer, "no request head in time"),
         };
@@ -274,25 +348,27 @@ where
             Head::EventStream(request) => {
                 let mut request = *request;
                 request.extensions_mut().insert(peer);
-                respond::respond(self.stream, self.service, request, self.shutdown).await;
+                respond::respond(io, self.service, request, self.shutdown).await;
             }
             // hyper's connection is large; only the connections that need it carry it.
-            Head::Other(read) => Box::pin(self.serve_with_hyper(read)).await,
+            Head::Other(read) => Box::pin(self.serve_with_hyper(Rewind::new(read, io))).await,
             Head::Closed => {}
         }
     }
 
-    /// Serves the connection with hyper, which reads `read` first. A response that
-    /// carries a [`WriteTimeout`] sets it for the connection's writes.
-    async fn serve_with_hyper(self, read: Bytes) {
+    /// Serves the connection with hyper. A response that carries a [`WriteTimeout`] sets
+    /// it for the connection's writes.
+    async fn serve_with_hyper<Io>(self, io: Io)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Self {
-            stream,
             peer,
             service,
             mut shutdown,
             shutdown_timeout,
         } = self;
-        let (io, write_timeout) = TimedWrites::new(Rewind::new(read, stream));
+        let (io, write_timeout) = TimedWrites::new(io);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(Body::incoming);
             request.extensions_mut().insert(peer);
@@ -307,10 +383,24 @@ where
             }
         });
         let io = TokioIo::new(io);
+        #[cfg(not(feature = "http2"))]
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(io, service)
             .with_upgrades();
+        #[cfg(feature = "http2")]
+        let builder = {
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol();
+            builder
+        };
+        #[cfg(feature = "http2")]
+        let connection = builder.serve_connection_with_upgrades(io, service);
         let mut connection = pin!(connection);
         let served = tokio::select! {
             served = connection.as_mut() => served,

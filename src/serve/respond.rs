@@ -12,7 +12,6 @@ use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -36,8 +35,8 @@ const SERVICE_FAILED: &[u8] =
 ///
 /// The response gets a new task so that a stream, which may last for hours, is carried
 /// by a task the size of [`Streaming`], not one with room for the service's future.
-pub(super) async fn respond<S, B>(
-    mut stream: TcpStream,
+pub(super) async fn respond<S, B, Io>(
+    mut stream: Io,
     service: S,
     request: Request<Body>,
     open: watch::Receiver<()>,
@@ -46,6 +45,7 @@ pub(super) async fn respond<S, B>(
     S::Error: Into<BoxError>,
     B: HttpBody + Send + 'static,
     B::Error: Into<BoxError>,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let response = call(service, request).await.map_err(|error| {
         tracing::error!(error = %error.into(), "the service failed");
@@ -59,16 +59,16 @@ pub(super) async fn respond<S, B>(
 
 pin_project! {
     /// Writes a response to the socket until it ends, or the client leaves.
-    struct Streaming<B> {
+    struct Streaming<B, Io> {
         #[pin]
         body: B,
-        writer: Writer,
+        writer: Writer<Io>,
     }
 }
 
 /// Everything of a response on its way but the body.
-struct Writer {
-    io: TcpStream,
+struct Writer<Io> {
+    io: Io,
     out: Outgoing,
     /// Says whether the socket may have something to read: the client's leaving.
     readable: Signal,
@@ -116,12 +116,12 @@ enum End {
     Body(BoxError),
 }
 
-impl<B> Streaming<B>
+impl<B, Io> Streaming<B, Io>
 where
     B: HttpBody,
     B::Error: Into<BoxError>,
 {
-    fn new(io: TcpStream, response: Response<B>, open: watch::Receiver<()>) -> Self {
+    fn new(io: Io, response: Response<B>, open: watch::Receiver<()>) -> Self {
         let (parts, body) = response.into_parts();
         let framing = Framing::of(&parts, &body);
         let write_timeout = parts.extensions.get().map(|&WriteTimeout(timeout)| timeout);
@@ -143,10 +143,11 @@ where
     }
 }
 
-impl<B> Future for Streaming<B>
+impl<B, Io> Future for Streaming<B, Io>
 where
     B: HttpBody,
     B::Error: Into<BoxError>,
+    Io: AsyncRead + AsyncWrite + Unpin,
 {
     type Output = ();
 
@@ -172,7 +173,7 @@ where
     }
 }
 
-impl Writer {
+impl<Io: AsyncRead + AsyncWrite + Unpin> Writer<Io> {
     /// Writes the response until it ends or the client leaves.
     fn poll_send<B>(&mut self, mut body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<Result<(), End>>
     where

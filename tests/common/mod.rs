@@ -166,9 +166,10 @@ pub struct SseEvent {
     pub id: Option<String>,
 }
 
-/// A Server-Sent-Events client over a plain TCP socket, reading a chunked response.
-pub struct SseClient {
-    stream: TcpStream,
+/// A Server-Sent-Events client, over a plain TCP socket unless made [`over`](Self::over)
+/// another stream, reading a chunked response.
+pub struct SseClient<S = TcpStream> {
+    stream: S,
     raw: Vec<u8>,
     pub headers: String,
     body: Vec<u8>,
@@ -183,9 +184,16 @@ impl SseClient {
 
     /// Connects with extra header lines, each ending in CRLF.
     pub async fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::over(stream, &addr.to_string(), path, headers).await
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> SseClient<S> {
+    /// Asks for the event stream at `path` of `host` on `stream`, with extra header lines.
+    pub async fn over(mut stream: S, host: &str, path: &str, headers: &str) -> Self {
         let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{headers}\r\n"
         );
         stream.write_all(head.as_bytes()).await.expect("write");
         let mut client = Self {
@@ -259,7 +267,7 @@ impl SseClient {
     }
 
     /// The socket, for reading what is left.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         self.stream
     }
 
@@ -716,5 +724,67 @@ pub mod h2 {
             .expect("the socket is open")
             .expect("a frame");
         message.into_text().expect("text").to_string()
+    }
+}
+
+/// TLS with a self-signed certificate for `localhost`, made by the test.
+pub mod tls {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use rcgen::{CertifiedKey, KeyPair};
+    use tokio::net::TcpStream;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, ServerName};
+    pub use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+
+    use super::WAIT;
+
+    pub fn certificate() -> CertifiedKey<KeyPair> {
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate")
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn alpn(protocols: &[&str]) -> Vec<Vec<u8>> {
+        protocols.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    /// A server that offers `protocols` by ALPN.
+    pub fn acceptor(certified: &CertifiedKey<KeyPair>, protocols: &[&str]) -> TlsAcceptor {
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).expect("a key");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("a server configuration");
+        config.alpn_protocols = alpn(protocols);
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// A client that trusts `certified` and asks for `protocols` by ALPN.
+    pub fn connector(certified: &CertifiedKey<KeyPair>, protocols: &[&str]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("a root");
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn(protocols);
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// A TLS connection to `localhost` at `addr`.
+    pub async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("a name");
+        tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("a handshake in time")
+            .expect("a TLS handshake")
     }
 }
