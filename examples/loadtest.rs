@@ -29,6 +29,13 @@
 //!   p50/p99/max and the spread between the first and the last subscriber of each event.
 //! - `idle`: `idle` connections that each receive `idle_events` events (5) and go quiet;
 //!   reports the server's RSS growth per connection.
+//! - `crowd`: `crowd` connections (100 000), half WebSocket and half SSE, opened one
+//!   after another from the source addresses 127.0.0.1 to 127.0.0.8 in turn (past one
+//!   address's ephemeral ports; the tool and the server raise their own descriptor
+//!   limits, the hard one too where allowed). Reports how fast the server took them (until
+//!   the hub counts every subscription), its RSS growth per connection, and how long one
+//!   broadcast took to reach every one (each must get it). Not in the default phases;
+//!   `phases=crowd` runs it once, whatever `transports` says.
 //! - `stall`: `clients` clients that never read; the server publishes `broadcasts` events
 //!   of `size` bytes. Reports the server's RSS before and after, once it has settled:
 //!   what connections whose clients have stopped reading cost it. Not in the default
@@ -59,6 +66,10 @@ use tokio::net::TcpStream;
 const TOPIC: &str = "load";
 /// What a client asks the socket for at once.
 const READ: usize = 64 * 1024;
+/// What a client of a crowd (over 10 000 clients) asks for at once: it gets one event.
+const CROWD_READ: usize = 4 * 1024;
+/// The source addresses clients spread over: each has its own ephemeral ports.
+const SOURCES: u8 = 8;
 /// The longest any phase waits for its events before it reports what is missing.
 const PHASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -89,6 +100,8 @@ struct Options {
     broadcasts: usize,
     size: usize,
     idle: usize,
+    /// Connections of the crowd phase.
+    crowd: usize,
     /// Events each idle connection receives before it is measured.
     idle_events: usize,
     phases: Vec<String>,
@@ -108,6 +121,7 @@ impl Options {
             broadcasts: 1_000,
             size: 64,
             idle: 10_000,
+            crowd: 100_000,
             idle_events: 5,
             phases: vec!["burst".into(), "steady".into(), "idle".into()],
             servers: vec!["crate".into(), "baseline".into()],
@@ -126,6 +140,7 @@ impl Options {
                 "broadcasts" => options.broadcasts = value.parse()?,
                 "size" => options.size = value.parse::<usize>()?.max(24),
                 "idle" => options.idle = value.parse()?,
+                "crowd" => options.crowd = value.parse()?,
                 "idle_events" => options.idle_events = value.parse()?,
                 "phases" => options.phases = list(),
                 "servers" => options.servers = list(),
@@ -149,7 +164,13 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     println!("{options:?}");
     let mut missing = 0;
     for phase in &options.phases {
-        for transport in &options.transports {
+        // A crowd is of both transports at once.
+        let transports = if phase == "crowd" {
+            vec!["mix".to_owned()]
+        } else {
+            options.transports.clone()
+        };
+        for transport in &transports {
             for (topics, kind) in options
                 .topic_counts
                 .iter()
@@ -181,6 +202,7 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     "steady" => steady(&server, transport, &options).await?,
                     "idle" => idle(&server, transport, &options).await?,
                     "stall" => stall(&server, transport, &options).await?,
+                    "crowd" => crowd(&server, &options).await?,
                     other => return Err(format!("unknown phase {other}").into()),
                 };
                 println!("{phase:6} {transport:3} {label:8} {line}");
@@ -236,7 +258,21 @@ impl Server {
 
     /// A new connection to the server.
     async fn connect(&self) -> Result<Box<dyn Io>, Box<dyn std::error::Error>> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        self.connect_from(0).await
+    }
+
+    /// A new connection to the server, from the `n`th source address in turn when the
+    /// server is on the IPv4 loopback.
+    async fn connect_from(&self, n: usize) -> Result<Box<dyn Io>, Box<dyn std::error::Error>> {
+        let tcp = match self.addr {
+            SocketAddr::V4(addr) if addr.ip().is_loopback() => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                let last = 1 + (n % usize::from(SOURCES)) as u8;
+                socket.bind(SocketAddr::from(([127, 0, 0, last], 0)))?;
+                socket.connect(self.addr).await?
+            }
+            _ => TcpStream::connect(self.addr).await?,
+        };
         let Some(connector) = &self.tls else {
             return Ok(Box::new(tcp));
         };
@@ -409,18 +445,19 @@ async fn clients(
     seen: &Arc<Seen>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
+    let read = if count > 10_000 { CROWD_READ } else { READ };
+    for i in 0..count {
         let seen = Arc::clone(seen);
         let list = seen.client(events);
         let (mut buffer, mut pending, mut batch) = if events == 0 {
-            (vec![0; READ], Vec::new(), Vec::new())
+            (vec![0; read], Vec::new(), Vec::new())
         } else {
-            let mut buffer = warm(READ, 0);
-            buffer.resize(READ, 0);
+            let mut buffer = warm(read, 0);
+            buffer.resize(read, 0);
             // A read holds at most one delivery per 64 bytes or so.
-            (buffer, warm(READ, 0), warm(READ / 64, Arrival::default()))
+            (buffer, warm(read, 0), warm(read / 64, Arrival::default()))
         };
-        let mut stream = server.connect().await?;
+        let mut stream = server.connect_from(i).await?;
         stream
             .write_all(stream_request(transport, topics).as_bytes())
             .await?;
@@ -724,6 +761,59 @@ async fn idle(
         after
     );
     Ok((line, 0))
+}
+
+async fn crowd(
+    server: &Server,
+    options: &Options,
+) -> Result<(String, u64), Box<dyn std::error::Error>> {
+    let seen = Arc::new(Seen::default());
+    let before = server.rss_kib();
+    let cpu = server.cpu();
+    let started = Instant::now();
+    let websockets = options.crowd / 2;
+    let mut tasks = clients(server, "ws", websockets, 1, options.size, 1, &seen).await?;
+    let websockets_opened = started.elapsed();
+    tasks.extend(
+        clients(
+            server,
+            "sse",
+            options.crowd - websockets,
+            1,
+            options.size,
+            1,
+            &seen,
+        )
+        .await?,
+    );
+    server.wait_subscribers(options.crowd).await?;
+    let opened = started.elapsed();
+    let opening_cpu = server.cpu().saturating_sub(cpu);
+    let after = server.rss_kib();
+    let cpu = server.cpu();
+    server
+        .control(&format!("/burst?count=1&size={}&topics=1", options.size))
+        .await?;
+    wait_delivered(&seen, options.crowd as u64).await;
+    let broadcast_cpu = server.cpu().saturating_sub(cpu);
+    tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    let delivered = seen.delivered.load(Ordering::Relaxed);
+    let missing = (options.crowd as u64).saturating_sub(delivered);
+    let (latencies, _) = seen.results();
+    let line = format!(
+        "{} connections open in {:.1} s ({:.0}/s; {websockets} WebSockets in {:.1} s), \
+         server CPU {:.0} µs per connection opened; server RSS {before} -> {after} KiB, {:.2} KiB per connection; one broadcast to all: \
+         {}, server CPU {:.1} µs per delivery; missing {missing}",
+        options.crowd,
+        opened.as_secs_f64(),
+        options.crowd as f64 / opened.as_secs_f64().max(1e-9),
+        websockets_opened.as_secs_f64(),
+        opening_cpu.as_secs_f64() * 1e6 / options.crowd.max(1) as f64,
+        after.saturating_sub(before) as f64 / options.crowd.max(1) as f64,
+        percentiles(latencies),
+        broadcast_cpu.as_secs_f64() * 1e6 / options.crowd.max(1) as f64,
+    );
+    Ok((line, missing))
 }
 
 async fn stall(
