@@ -1,13 +1,13 @@
 //! An echo endpoint: every WebSocket message comes back to its sender, text as text and
-//! binary as binary. The Autobahn conformance suite runs against it, through
-//! `tower_fanout::serve`.
+//! binary as binary, compressed (permessage-deflate) for a client that offers it. The
+//! Autobahn conformance suite runs against it, through `tower_fanout::serve`.
 //!
 //! ```sh
 //! cargo run --example echo                    # ws://127.0.0.1:9001, any path
 //! ADDR=127.0.0.1:9002 cargo run --example echo
 //! ```
 
-use tower_fanout::{Hub, StreamLayer};
+use tower_fanout::{Compression, Hub, StreamLayer};
 use tower_layer::Layer;
 
 #[tokio::main]
@@ -17,6 +17,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every connection joins one topic that nothing publishes to.
         .topic(|_| Ok("echo".to_owned()))
         .read_limit(64 * 1024 * 1024)
+        // Every message that compression makes smaller, whatever its size.
+        .compression(Compression::new().min_size(0))
         .on_message(|inbound| {
             let _ = match inbound.text() {
                 Some(text) => inbound.connection().send_text(text),

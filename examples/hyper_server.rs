@@ -54,7 +54,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tower_fanout::{Event, Hub, HubBuilder, Rejection, StreamLayer};
+use tower_fanout::{Compression, Event, Hub, HubBuilder, Rejection, StreamLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -80,6 +80,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = plane;
     let app = StreamLayer::new(hub.clone())
         .websocket_ids(true)
+        // permessage-deflate for the clients that offer it, as browsers do.
+        .compression(Compression::new())
         .retry(Duration::from_secs(1))
         .topics(|parts| match parts.uri.path() {
             // Several topics, or none for a client of the protocol that subscribes later.

@@ -13,7 +13,8 @@
 //! started with `loadtest serve KIND ADDR`, under a profiler for example); the server's
 //! CPU and memory are then not reported.
 //!
-//! Servers: `crate` is the layer served by `tower_fanout::serve`; `crate-tls` the same over
+//! Servers: `crate` is the layer served by `tower_fanout::serve` (`crate-deflate` with
+//! compression); `crate-tls` the same over
 //! TLS (`serve(..).with_transport(..)`, rustls, a certificate the server makes and the
 //! clients trust); `crate-axum` is the same application served by `axum::serve`, as the
 //! baseline is. `bare` is the floor: a server
@@ -40,6 +41,16 @@
 //!   of `size` bytes. Reports the server's RSS before and after, once it has settled:
 //!   what connections whose clients have stopped reading cost it. Not in the default
 //!   phases; try `phases=stall clients=1000 broadcasts=200 size=262144`.
+//!
+//! `payload=json` makes every event JSON-like text (records of ids, names and prices that
+//! change from event to event), as real events are, instead of a run of one letter, which
+//! compresses beyond belief. `per_client=1` (the crate's servers only) puts each client on
+//! a topic of its own and publishes every event of a burst to each topic, so every
+//! delivery is an event of its own: with compression, what a compressor per connection
+//! would cost. The WebSocket clients offer permessage-deflate as browsers do and inflate
+//! what comes compressed; `crate-deflate` is the `crate` server with
+//! `compression(Compression::new())`. The burst reports the bytes the clients read per
+//! delivery.
 //!
 //! `topics=N` gives each client N topics on its one connection (the crate's servers only):
 //! a burst spreads its events round robin over them, so that every client still gets
@@ -108,6 +119,10 @@ struct Options {
     servers: Vec<String>,
     transports: Vec<String>,
     attach: Option<SocketAddr>,
+    /// Whether events are JSON-like text rather than one letter repeated.
+    json: bool,
+    /// Whether each client has a topic of its own.
+    per_client: bool,
     /// The topic counts to run every phase with, in turn.
     topic_counts: Vec<usize>,
     /// The topics per connection of the run in progress.
@@ -127,6 +142,8 @@ impl Options {
             servers: vec!["crate".into(), "baseline".into()],
             transports: vec!["ws".into(), "sse".into()],
             attach: None,
+            json: false,
+            per_client: false,
             topic_counts: vec![1],
             topics: 1,
         };
@@ -146,6 +163,8 @@ impl Options {
                 "servers" => options.servers = list(),
                 "transports" => options.transports = list(),
                 "attach" => options.attach = Some(value.parse()?),
+                "payload" => options.json = value == "json",
+                "per_client" => options.per_client = value == "1",
                 "topics" => {
                     options.topic_counts = value
                         .split(',')
@@ -159,8 +178,12 @@ impl Options {
     }
 }
 
+/// Whether clients take topics of their own (`per_client=1`), for every phase.
+static PER_CLIENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     raise_fd_limit();
+    PER_CLIENT.store(options.per_client, Ordering::Relaxed);
     println!("{options:?}");
     let mut missing = 0;
     for phase in &options.phases {
@@ -349,6 +372,8 @@ fn now_nanos() -> u64 {
 #[derive(Default)]
 struct Seen {
     delivered: AtomicU64,
+    /// What the clients read after their handshakes, framing included.
+    bytes: AtomicU64,
     clients: Mutex<Vec<Arc<Mutex<Vec<Arrival>>>>>,
 }
 
@@ -458,8 +483,9 @@ async fn clients(
             (buffer, warm(read, 0), warm(read / 64, Arrival::default()))
         };
         let mut stream = server.connect_from(i).await?;
+        let own = PER_CLIENT.load(Ordering::Relaxed).then_some(i);
         stream
-            .write_all(stream_request(transport, topics).as_bytes())
+            .write_all(stream_request(transport, topics, own).as_bytes())
             .await?;
         let task = match transport {
             "ws" => {
@@ -467,6 +493,7 @@ async fn clients(
                 // that the clients, which share the machine with the server, cost little.
                 tokio::spawn(async move {
                     let mut upgraded = false;
+                    let mut inflater = None;
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
                             break;
@@ -480,12 +507,21 @@ async fn clients(
                             };
                             pending.drain(..end + 4);
                             upgraded = true;
+                            seen.bytes
+                                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                        } else {
+                            seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
                         }
                         let mut start = 0;
                         let mut pongs = Vec::new();
                         while let Some((opcode, payload, next)) = ws_frame(&pending[start..]) {
                             match opcode {
                                 1 | 2 => Seen::record(&mut batch, payload, arrived),
+                                // Compressed (RSV1): inflated, as a browser would.
+                                0x41 | 0x42 => {
+                                    let inflater = inflater.get_or_insert_with(Inflater::new);
+                                    Seen::record(&mut batch, inflater.inflate(payload), arrived);
+                                }
                                 // Answered as a browser would, or a connection that outlives
                                 // the server's ping interval plus its timeout is closed.
                                 9 => pongs.extend(load::pong(payload)),
@@ -503,12 +539,16 @@ async fn clients(
             }
             _ => {
                 tokio::spawn(async move {
+                    let mut head = true;
                     while let Ok(n) = stream.read(&mut buffer).await {
                         if n == 0 {
                             break;
                         }
                         // Everything this read returned arrived now.
                         let arrived = now_nanos();
+                        if !std::mem::take(&mut head) {
+                            seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                         pending.extend_from_slice(&buffer[..n]);
                         // Chunk framing aside, every event is one `data:` line. Its end is
                         // looked for where an event of `size` bytes ends first, so that
@@ -544,9 +584,12 @@ async fn clients(
 }
 
 /// The request that opens a stream of `transport` ("ws" or "sse") on the load topic, or
-/// on `topics` of them.
-fn stream_request(transport: &str, topics: usize) -> String {
-    let target = if topics == 1 {
+/// on `topics` of them, or on the `own`th client's topic of its own. A WebSocket client
+/// offers permessage-deflate as browsers do.
+fn stream_request(transport: &str, topics: usize, own: Option<usize>) -> String {
+    let target = if let Some(own) = own {
+        format!("/events/{}", server::own_topic(own))
+    } else if topics == 1 {
         format!("/events/{TOPIC}")
     } else {
         let query: Vec<String> = (0..topics)
@@ -557,7 +600,8 @@ fn stream_request(transport: &str, topics: usize) -> String {
     match transport {
         "ws" => format!(
             "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
         ),
         _ => format!("GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
     }
@@ -625,10 +669,18 @@ async fn burst(
     let cpu = server.cpu();
     let clients_cpu = cpu_time("self");
     let start = Instant::now();
+    let per_client = if options.per_client {
+        options.clients
+    } else {
+        0
+    };
     server
         .control(&format!(
-            "/burst?count={}&size={}&topics={}",
-            options.broadcasts, options.size, options.topics
+            "/burst?count={}&size={}&topics={}&json={}&per_client={per_client}",
+            options.broadcasts,
+            options.size,
+            options.topics,
+            u8::from(options.json)
         ))
         .await?;
     wait_delivered(&seen, expected).await;
@@ -641,10 +693,12 @@ async fn burst(
     let (latencies, _) = seen.results();
     let per_delivery = |cpu: Duration| cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64;
     let line = format!(
-        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery (clients {:.3})  {}  missing {missing}{}",
+        "{:>10.0} deliveries/s  {:>6.3} µs CPU/delivery (clients {:.3})  {:.0} B/delivery  {}  \
+         missing {missing}{}",
         delivered as f64 / elapsed.as_secs_f64(),
         per_delivery(cpu),
         per_delivery(clients_cpu),
+        seen.bytes.load(Ordering::Relaxed) as f64 / delivered.max(1) as f64,
         percentiles(latencies),
         seen.short(options.broadcasts),
     );
@@ -826,7 +880,7 @@ async fn stall(
     for _ in 0..options.clients {
         let mut stream = server.connect().await?;
         stream
-            .write_all(stream_request(transport, options.topics).as_bytes())
+            .write_all(stream_request(transport, options.topics, None).as_bytes())
             .await?;
         stalled.push(stream);
     }
@@ -944,10 +998,10 @@ mod server {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
             "bare" => return super::bare::run(listener).await,
-            "crate" | "crate-axum" | "crate-tls" => {
+            "crate" | "crate-axum" | "crate-tls" | "crate-deflate" => {
                 let hub = Hub::builder().buffer(4096).build();
                 // `/events/{topic}`, or `/events/?topic=..&topic=..` for several.
-                let layer = StreamLayer::new(hub.clone())
+                let mut layer = StreamLayer::new(hub.clone())
                     .path("/events/")
                     .max_topics(4096)
                     .topics(|parts| {
@@ -966,8 +1020,11 @@ mod server {
                             named
                         })
                     });
+                if kind == "crate-deflate" {
+                    layer = layer.compression(tower_fanout::Compression::new());
+                }
                 let app = control(Publisher::Hub(hub)).layer(layer);
-                if kind == "crate" {
+                if kind == "crate" || kind == "crate-deflate" {
                     tower_fanout::serve(listener, app).await;
                     return Ok(());
                 }
@@ -1016,11 +1073,43 @@ mod server {
             .unwrap_or(0)
     }
 
-    /// A payload of `size` bytes that starts with the time it was made.
-    pub(super) fn payload(size: usize) -> String {
-        let mut payload = format!("{:020}", now_nanos());
-        payload.extend(std::iter::repeat_n('x', size.saturating_sub(20)));
+    /// A payload of `size` bytes that starts with the time it was made: JSON-like records
+    /// after it when `json`, a run of one letter otherwise.
+    pub(super) fn payload(size: usize, json: bool) -> String {
+        let now = now_nanos();
+        let mut payload = format!("{now:020}");
+        if json {
+            // Numbers that change from event to event, as prices and counts do.
+            let mut state = now | 1;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            payload.push_str(",[");
+            while payload.len() + 80 < size {
+                let value = next();
+                payload.push_str(&format!(
+                    r#"{{"id":{},"user":"user-{}","side":"{}","price":{}.{:02},"qty":{}}},"#,
+                    value % 100_000,
+                    value % 997,
+                    if value & 1 == 0 { "buy" } else { "sell" },
+                    100 + value % 900,
+                    (value >> 8) % 100,
+                    (value >> 16) % 1000,
+                ));
+            }
+            payload.push_str("{}]");
+        }
+        let fill = size.saturating_sub(payload.len());
+        payload.extend(std::iter::repeat_n(if json { ' ' } else { 'x' }, fill));
         payload
+    }
+
+    /// The topic of the `i`th client when each has its own (`per_client=1`).
+    pub(super) fn own_topic(i: usize) -> String {
+        format!("{TOPIC}-c{i}")
     }
 
     /// The name of the `i`th of `topics` topics that clients hold.
@@ -1035,9 +1124,21 @@ mod server {
     /// Publishes `count` events as fast as it can, round robin over the clients' topics.
     async fn burst(State(publisher): State<Publisher>, uri: http::Uri) -> &'static str {
         let (size, topics) = (param(&uri, "size"), param(&uri, "topics").max(1));
+        let json = param(&uri, "json") == 1;
+        // Every event to each client's own topic, or round robin over the shared ones.
+        let per_client = param(&uri, "per_client");
+        if per_client > 0 {
+            let names: Vec<String> = (0..per_client).map(own_topic).collect();
+            for _ in 0..param(&uri, "count") {
+                for name in &names {
+                    publisher.publish(name, payload(size, json));
+                }
+            }
+            return "done";
+        }
         let names: Vec<String> = (0..topics).map(|i| topic(i, topics)).collect();
         for i in 0..param(&uri, "count") {
-            publisher.publish(&names[i % topics], payload(size));
+            publisher.publish(&names[i % topics], payload(size, json));
         }
         "done"
     }
@@ -1053,7 +1154,7 @@ mod server {
         let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
         for _ in 0..rate * seconds {
             ticks.tick().await;
-            publisher.publish(&busy, payload(size));
+            publisher.publish(&busy, payload(size, param(&uri, "json") == 1));
         }
         "done"
     }
@@ -1229,7 +1330,7 @@ mod bare {
             "/subscribers" => streams.count().to_string(),
             "/burst" => {
                 for _ in 0..param(&uri, "count") {
-                    streams.publish(&payload(size));
+                    streams.publish(&payload(size, param(&uri, "json") == 1));
                 }
                 "done".to_owned()
             }
@@ -1238,7 +1339,7 @@ mod bare {
                 let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
                 for _ in 0..rate * param(&uri, "seconds") {
                     ticks.tick().await;
-                    streams.publish(&payload(size));
+                    streams.publish(&payload(size, false));
                 }
                 "done".to_owned()
             }
@@ -1292,5 +1393,50 @@ mod tls {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConnector::from(Arc::new(config)))
+    }
+}
+
+/// A client's inflater for the messages a server compressed (RFC 7692, no context
+/// takeover): one per connection, reset for each message.
+struct Inflater {
+    inflater: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    fn new() -> Self {
+        Self {
+            inflater: flate2::Decompress::new(false),
+            out: Vec::new(),
+        }
+    }
+
+    /// The message `payload` holds, inflated; empty when it is not valid, which then
+    /// counts as a delivery without a time.
+    fn inflate(&mut self, payload: &[u8]) -> &[u8] {
+        self.inflater.reset(false);
+        self.out.clear();
+        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let mut input = input;
+            loop {
+                self.out.reserve(4 * input.len().max(1024));
+                let before = self.inflater.total_in();
+                let decompressed = self.inflater.decompress_vec(
+                    input,
+                    &mut self.out,
+                    flate2::FlushDecompress::Sync,
+                );
+                if decompressed.is_err() {
+                    self.out.clear();
+                    return &self.out;
+                }
+                let taken = (self.inflater.total_in() - before) as usize;
+                input = &input[taken..];
+                if input.is_empty() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+            }
+        }
+        &self.out
     }
 }

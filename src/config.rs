@@ -38,6 +38,8 @@ pub(crate) struct Config {
     pub(crate) ping_timeout: Duration,
     pub(crate) retry: Option<Duration>,
     pub(crate) websocket_ids: bool,
+    /// permessage-deflate for clients that offer it; none by default.
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 /// In a response's extensions: how long the bytes of its body may wait for the client
@@ -60,6 +62,7 @@ impl fmt::Debug for Config {
             .field("ping_timeout", &self.ping_timeout)
             .field("retry", &self.retry)
             .field("websocket_ids", &self.websocket_ids)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +86,7 @@ impl Config {
             ping_timeout: Duration::from_secs(10),
             retry: None,
             websocket_ids: false,
+            compression: None,
         }
     }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::sse::encode;
+use crate::ws::deflate::Form;
 
 /// Data shorter than this is copied into an allocation of its own when the hub keeps it
 /// and its `Bytes` shares one; see [`Event::own_small_data`].
@@ -52,6 +53,9 @@ pub struct Event {
     /// The frame of the WebSocket protocol, encoded on first use: an event belongs to the
     /// one topic it was broadcast to.
     protocol: OnceLock<Bytes>,
+    /// One of its WebSocket payloads compressed (permessage-deflate), on first use: which
+    /// one, and its compressed bytes unless compression did not make it smaller.
+    deflated: OnceLock<Box<(Form, Option<Bytes>)>>,
 }
 
 impl Event {
@@ -74,6 +78,7 @@ impl Event {
             sse: OnceLock::new(),
             utf8: OnceLock::new(),
             protocol: OnceLock::new(),
+            deflated: OnceLock::new(),
         }
     }
 
@@ -88,6 +93,7 @@ impl Event {
             event: Some(event.into()),
             sse: OnceLock::new(),
             protocol: OnceLock::new(),
+            deflated: OnceLock::new(),
             ..self
         })
     }
@@ -109,6 +115,7 @@ impl Event {
             id: Some(id.into()),
             sse: OnceLock::new(),
             protocol: OnceLock::new(),
+            deflated: OnceLock::new(),
             ..self
         })
     }
@@ -148,6 +155,7 @@ impl Event {
         self.id = Some(id.into());
         self.sse = OnceLock::new();
         self.protocol = OnceLock::new();
+        self.deflated = OnceLock::new();
     }
 
     /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
@@ -191,6 +199,24 @@ impl Event {
     pub(crate) fn protocol_frame(&self, topic: &str) -> &Bytes {
         self.protocol
             .get_or_init(|| crate::ws::protocol::event(topic, self))
+    }
+
+    /// The payload of `form` compressed by `compress`: made on first use and kept for every
+    /// connection that sends the event in the same form; made anew for another form.
+    pub(crate) fn deflated(
+        &self,
+        form: Form,
+        compress: impl FnOnce() -> Option<Bytes>,
+    ) -> Option<Bytes> {
+        let mut compress = Some(compress);
+        let kept = self
+            .deflated
+            .get_or_init(|| Box::new((form, compress.take().and_then(|compress| compress()))));
+        if kept.0 == form {
+            kept.1.clone()
+        } else {
+            compress.and_then(|compress| compress())
+        }
     }
 
     /// The Server-Sent-Events wire form, borrowed: encoded on first use.

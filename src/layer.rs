@@ -190,6 +190,24 @@ impl StreamLayer {
         self.configure(|config| config.origins = patterns)
     }
 
+    /// Compresses WebSocket messages for clients that offer permessage-deflate (RFC 7692;
+    /// every browser does), and reads the messages they compress. Off by default.
+    ///
+    /// The server answers with no context takeover either way, so each event is
+    /// compressed once, on first use, and the same bytes go to every connection that
+    /// negotiated it, as an event's SSE bytes do; messages under the
+    /// [minimum size](Compression::min_size), and those compression would not shrink, go
+    /// uncompressed. A frame that carries a connection's own cursor (`websocket_ids`
+    /// with several topics), and what is sent through a [`Connection`](crate::ws::Connection),
+    /// is compressed for its connection alone. A client's compressed message is inflated
+    /// within the [read limit](Self::read_limit), and a connection holds no inflate state
+    /// between messages. See `crate::ws` for the details.
+    ///
+    /// [`Compression`]: crate::Compression
+    pub fn compression(self, compression: crate::Compression) -> Self {
+        self.configure(|config| config.compression = Some(compression))
+    }
+
     /// The largest message a WebSocket client may send, in bytes; a larger one closes the
     /// connection with 1009 (message too big). Default: 32 KiB.
     pub fn read_limit(self, bytes: usize) -> Self {

@@ -140,6 +140,7 @@ pub use layer::StreamLayer;
 pub use reject::Rejection;
 pub use serve::serve;
 pub use service::StreamService;
+pub use ws::Compression;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -81,7 +81,8 @@ pub async fn control_on(
 }
 
 /// The first complete WebSocket frame a server sent (unmasked, RFC 6455 section 5.2) in
-/// `data`: its opcode, payload and length on the wire.
+/// `data`: its opcode (with RSV1, 0x40, for a compressed message), payload and length on
+/// the wire.
 pub fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
     let (&first, &second) = (data.first()?, data.get(1)?);
     let (len, header) = match second & 0x7f {
@@ -96,7 +97,7 @@ pub fn ws_frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
         len => (usize::from(len), 2),
     };
     let payload = data.get(header..header + len)?;
-    Some((first & 0x0f, payload, header + len))
+    Some((first & 0x4f, payload, header + len))
 }
 
 /// The client's pong to a ping carrying `payload` (at most 125 bytes, as every control

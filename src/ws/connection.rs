@@ -31,7 +31,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketC
 use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError};
 use tracing::Instrument;
 
+use super::deflate::{self, Form};
 use super::frame::{self, Opcode};
+use super::inflate::{self, Inflate};
 use super::protocol::{self, Command, Refused};
 use super::{Connection, DIRECT_QUEUE, Direct, Framing, Inbound, LOST};
 use crate::config::{Config, Opened};
@@ -39,7 +41,7 @@ use crate::cursor::Positions;
 use crate::hub::{Item, Joined, Since, Subscriber};
 use crate::outgoing::Outgoing;
 use crate::wake::{Alarm, Signal};
-use crate::{CloseReason, Resume};
+use crate::{CloseReason, Compression, Resume};
 
 /// Items taken from the topics at once.
 const BATCH: usize = 64;
@@ -55,6 +57,8 @@ pub(super) struct Start {
     pub(super) opened: Opened,
     pub(super) framing: Framing,
     pub(super) request: Parts,
+    /// permessage-deflate, when negotiated.
+    pub(super) compression: Option<Compression>,
 }
 
 impl Start {
@@ -93,8 +97,11 @@ pub(super) fn serve(
             opened,
             framing,
             request,
+            compression,
         } = Start::unbox(start);
         let mut session = Session::new(TokioIo::new(upgraded), opened, framing, &config, &request);
+        session.compression = compression;
+        session.inflate = compression.map(|_| Box::new(Inflate::new(config.read_limit)));
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
         session.finish(end).await;
     }
@@ -115,6 +122,10 @@ struct Session<'a, S> {
     io: S,
     /// Reads and checks the client's frames; its replies go to `out`.
     protocol: WebSocketContext,
+    /// With permessage-deflate: what the session compresses, and what inflates the
+    /// client's compressed messages before the library reads them.
+    compression: Option<Compression>,
+    inflate: Option<Box<Inflate>>,
     /// Says whether the socket may have something to read.
     readable: Signal,
     /// Bytes for the client.
@@ -175,6 +186,8 @@ where
         let mut session = Self {
             io,
             protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
+            compression: None,
+            inflate: None,
             readable: Signal::new(),
             out: Outgoing::default(),
             several: subscriber.len() > 1,
@@ -336,12 +349,21 @@ where
                 io: &mut self.io,
                 cx: &mut read_cx,
                 out: &mut self.out,
+                inflate: self.inflate.as_deref_mut(),
             };
             let message = match self.protocol.read(&mut stream) {
                 Ok(message) => message,
                 // The socket has registered the signal's waker.
                 Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(false);
+                }
+                Err(Error::Io(error)) if inflate::Refused::of(&error).is_some() => {
+                    return Err(match inflate::Refused::of(&error) {
+                        Some(inflate::Refused::TooBig) => {
+                            End::Close(CloseCode::Size, "message too big")
+                        }
+                        _ => End::Close(CloseCode::Invalid, "invalid compressed data"),
+                    });
                 }
                 Err(Error::Capacity(_)) => {
                     return Err(End::Close(CloseCode::Size, "message too big"));
@@ -419,7 +441,7 @@ where
         match direct {
             Direct::Frame { data, text } => {
                 let opcode = if text { Opcode::Text } else { Opcode::Binary };
-                frame::put_shared(&mut self.out, opcode, &[], &data);
+                put_message(&mut self.out, self.compression, opcode, None, &[], &data);
             }
             Direct::Subscribe(topic) => {
                 if self.topics.len() < self.config.max_topics {
@@ -524,18 +546,26 @@ where
                         }
                         Framing::Ids => Some(event.event_id().unwrap_or_default().to_owned()),
                     };
+                    let (out, compression) = (&mut self.out, self.compression);
                     match self.framing {
                         Framing::Protocol => {
                             let payload = event.protocol_frame(self.topics.topic(*key));
-                            frame::put_shared(&mut self.out, Opcode::Text, &[], payload);
+                            let shared = Some((&**event, Form::Protocol));
+                            put_message(out, compression, Opcode::Text, shared, &[], payload);
                         }
-                        _ => frame::put_data(
-                            &mut self.out,
-                            event,
-                            self.config.binary,
-                            id.as_deref()
-                                .or((self.framing == Framing::Ids).then_some("")),
-                        ),
+                        Framing::Data => {
+                            let opcode = frame::data_opcode(event, self.config.binary);
+                            let shared = Some((&**event, Form::Data));
+                            put_message(out, compression, opcode, shared, &[], event.data());
+                        }
+                        Framing::Ids => {
+                            let opcode = frame::data_opcode(event, self.config.binary);
+                            // A cursor is the connection's own; an event's id is everyone's.
+                            let shared = (!self.several).then_some((&**event, Form::WithId));
+                            let id = id.unwrap_or_default();
+                            let prefix = [id.as_bytes(), b"\n"];
+                            put_message(out, compression, opcode, shared, &prefix, event.data());
+                        }
                     }
                 }
                 Item::Lagged(key, missed) => {
@@ -610,6 +640,7 @@ where
                         io: &mut self.io,
                         cx,
                         out: &mut self.out,
+                        inflate: None,
                     };
                     // Writes the close reply; then reports the closing as an error.
                     let _ = self.protocol.flush(&mut stream);
@@ -629,6 +660,36 @@ where
     }
 }
 
+/// Appends a message of `prefix` (at most two parts) then `payload`, compressed when the
+/// connection negotiated `compression` and the message is large enough; an event's
+/// compressed form (`shared`) is made once and kept for every connection that sends it.
+fn put_message(
+    out: &mut Outgoing,
+    compression: Option<Compression>,
+    opcode: Opcode,
+    shared: Option<(&crate::Event, Form)>,
+    prefix: &[&[u8]],
+    payload: &Bytes,
+) {
+    let len = prefix.iter().map(|part| part.len()).sum::<usize>() + payload.len();
+    if let Some(compression) = compression.filter(|c| len >= c.min_size) {
+        let compress = || {
+            let mut parts = [&[][..]; 3];
+            parts[..prefix.len()].copy_from_slice(prefix);
+            parts[prefix.len()] = payload;
+            deflate::compress(&parts[..=prefix.len()], compression.level)
+        };
+        let compressed = match shared {
+            Some((event, form)) => event.deflated(form, compress),
+            None => compress(),
+        };
+        if let Some(compressed) = compressed {
+            return frame::put_compressed(out, opcode, &compressed);
+        }
+    }
+    frame::put_shared(out, opcode, prefix, payload);
+}
+
 /// How the connection closes when its subscription ended for `reason`.
 fn closed_by_hub(reason: CloseReason) -> End {
     match reason {
@@ -644,14 +705,26 @@ struct Stream<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
     out: &'a mut Outgoing,
+    /// Inflates compressed messages on their way to the library, when negotiated.
+    inflate: Option<&'a mut Inflate>,
 }
 
 impl<S: AsyncRead + Unpin> Read for Stream<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(result) => result.map(|()| buf.filled().len()),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        let (io, cx) = (&mut *self.io, &mut *self.cx);
+        let read = |into: &mut [u8]| {
+            let mut into = ReadBuf::new(into);
+            match Pin::new(&mut *io).poll_read(cx, &mut into) {
+                Poll::Ready(result) => result.map(|()| into.filled().len()),
+                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        };
+        match &mut self.inflate {
+            Some(inflate) => inflate.read(buf, read),
+            None => {
+                let mut read = read;
+                read(buf)
+            }
         }
     }
 }

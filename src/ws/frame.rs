@@ -23,7 +23,7 @@ pub(super) enum Opcode {
 pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, parts: &[&[u8]]) {
     let len = parts.iter().map(|part| part.len()).sum();
     out.reserve(10 + len);
-    put_header(out, opcode, len);
+    put_header(out, FIN | opcode as u8, len);
     for part in parts {
         out.extend_from_slice(part);
     }
@@ -33,16 +33,27 @@ pub(super) fn put(out: &mut Vec<u8>, opcode: Opcode, parts: &[&[u8]]) {
 pub(super) fn put_shared(out: &mut Outgoing, opcode: Opcode, prefix: &[&[u8]], payload: &Bytes) {
     let prefix_len: usize = prefix.iter().map(|part| part.len()).sum();
     let bytes = out.bytes();
-    put_header(bytes, opcode, prefix_len + payload.len());
+    put_header(bytes, FIN | opcode as u8, prefix_len + payload.len());
     for part in prefix {
         bytes.extend_from_slice(part);
     }
     out.put(payload);
 }
 
-/// The first bytes of a final, unmasked frame of `len` payload bytes.
-fn put_header(out: &mut Vec<u8>, opcode: Opcode, len: usize) {
-    out.push(0x80 | opcode as u8);
+/// Appends one final, unmasked frame of a compressed message (RSV1 set, RFC 7692):
+/// `payload` is the message compressed, shared when large.
+pub(super) fn put_compressed(out: &mut Outgoing, opcode: Opcode, payload: &Bytes) {
+    put_header(out.bytes(), FIN | RSV1 | opcode as u8, payload.len());
+    out.put(payload);
+}
+
+const FIN: u8 = 0x80;
+/// Marks a compressed message, on its first frame.
+const RSV1: u8 = 0x40;
+
+/// The first bytes of an unmasked frame of `len` payload bytes, after its first byte.
+fn put_header(out: &mut Vec<u8>, first: u8, len: usize) {
+    out.push(first);
     match len {
         0..=125 => out.push(len as u8),
         126..=0xffff => {
@@ -56,18 +67,13 @@ fn put_header(out: &mut Vec<u8>, opcode: Opcode, len: usize) {
     }
 }
 
-/// Appends the frame that carries `event`'s data, after `id` and a line feed when given:
-/// text unless `binary` or the data is not UTF-8.
-pub(super) fn put_data(out: &mut Outgoing, event: &Event, binary: bool, id: Option<&str>) {
-    let opcode = if !binary && event.is_utf8() {
+/// The opcode of a frame that carries `event`'s data, after an id and a line feed or not
+/// (both UTF-8): text unless `binary` or the data is not UTF-8.
+pub(super) fn data_opcode(event: &Event, binary: bool) -> Opcode {
+    if !binary && event.is_utf8() {
         Opcode::Text
     } else {
         Opcode::Binary
-    };
-    match id {
-        // The id is UTF-8 and so is the line feed: the payload is text when the data is.
-        Some(id) => put_shared(out, opcode, &[id.as_bytes(), b"\n"], event.data()),
-        None => put_shared(out, opcode, &[], event.data()),
     }
 }
 

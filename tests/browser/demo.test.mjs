@@ -5,7 +5,8 @@
 // and one WebSocket through client/fanout.js, which subscribes and unsubscribes at
 // runtime. Then, over HTTPS (a certificate the demo makes, which the browser is told to
 // ignore) and HTTP/2, twenty EventSources and one WebSocket all get their events, and the
-// demo's /metrics shows that they travelled over HTTP/2.
+// demo's /metrics shows that they travelled over HTTP/2. A WebSocket negotiates
+// permessage-deflate, and compressed messages go both ways.
 //
 // Needs the example built with `--features http2,metrics`
 // (target/debug/examples/hyper_server) and Chromium at
@@ -129,6 +130,37 @@ test("the demo page shows every event once, in order, across a reconnect", async
   const screenshot = `${root}target/browser/demo.png`;
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
+});
+
+test("a WebSocket negotiates permessage-deflate: compressed commands are read, a large event arrives whole", async (t) => {
+  const { page, post } = await openDemo(t);
+  // Once the extension is negotiated Chromium compresses what it sends: the subscribe
+  // is answered only if the server inflated it.
+  const extensions = await page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const socket = new WebSocket(`ws://${location.host}/events`, "fanout.v1");
+        window.deflated = [];
+        socket.onopen = () => socket.send(JSON.stringify({ type: "subscribe", topic: "deflate", req: 1 }));
+        socket.onmessage = (message) => {
+          const frame = JSON.parse(message.data);
+          window.deflated.push(frame);
+          if (frame.type === "ok") resolve(socket.extensions);
+        };
+        socket.onclose = (close) => reject(new Error(`closed with ${close.code}`));
+        window.deflateSocket = socket;
+      }),
+  );
+  assert.match(extensions, /^permessage-deflate/);
+  // Over the compression threshold: sent compressed, inflated by the browser.
+  const large = JSON.stringify(Array.from({ length: 80 }, (_, i) => ({ id: i, name: `item ${i}`, price: i * 1.25 })));
+  assert.equal(await post("/publish/deflate", large), 1);
+  const data = await page.waitForFunction(
+    () => window.deflated.find((frame) => frame.type === "event")?.data,
+    null,
+    { timeout: WAIT },
+  );
+  assert.equal(await data.jsonValue(), large);
 });
 
 test("one EventSource and one WebSocket carry several topics, resumed whole after a drop", async (t) => {
