@@ -44,7 +44,7 @@
 //!
 //! `payload=json` makes every event JSON-like text (records of ids, names and prices that
 //! change from event to event), as real events are, instead of a run of one letter, which
-//! compresses beyond belief. `per_client=1` (the crate's servers only) puts each client on
+//! compresses beyond belief. `per_client=1` (the crate's servers, burst phase) puts each client on
 //! a topic of its own and publishes every event of a burst to each topic, so every
 //! delivery is an event of its own: with compression, what a compressor per connection
 //! would cost. The WebSocket clients offer permessage-deflate as browsers do and inflate
