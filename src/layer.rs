@@ -191,19 +191,23 @@ impl StreamLayer {
     }
 
     /// Compresses WebSocket messages for clients that offer permessage-deflate (RFC 7692;
-    /// every browser does), and reads the messages they compress. Off by default.
+    /// every browser does), and reads the messages they compress.
     ///
     /// The server answers with no context takeover either way, so each event is
     /// compressed once, on first use, and the same bytes go to every connection that
     /// negotiated it, as an event's SSE bytes do; messages under the
-    /// [minimum size](Compression::min_size), and those compression would not shrink, go
-    /// uncompressed. A frame that carries a connection's own cursor (`websocket_ids`
-    /// with several topics), and what is sent through a [`Connection`](crate::ws::Connection),
-    /// is compressed for its connection alone. A client's compressed message is inflated
-    /// within the [read limit](Self::read_limit), and a connection holds no inflate state
-    /// between messages. See `crate::ws` for the details.
+    /// [minimum size](crate::Compression::min_size), and those compression would not
+    /// shrink, go uncompressed. A frame that carries a connection's own cursor
+    /// (`websocket_ids` with several topics), and what is sent through a
+    /// [`Connection`](crate::ws::Connection), is compressed for its connection alone. A
+    /// client's compressed message is inflated within the [read limit](Self::read_limit),
+    /// and a connection holds no inflate state between messages. See
+    /// [the `ws` module](crate::ws#compression).
     ///
-    /// [`Compression`]: crate::Compression
+    /// Off by default: where a topic has one subscriber, every delivery pays for a
+    /// compression (about 10 µs per KiB at level 1 on the project's machine), every
+    /// client pays for inflating, and events in the history keep their compressed form
+    /// beside the plain one. Where events go to many, it saves bytes and server CPU both.
     pub fn compression(self, compression: crate::Compression) -> Self {
         self.configure(|config| config.compression = Some(compression))
     }
