@@ -527,7 +527,8 @@ where
     /// Encodes what the topics hold into `out`; true unless they are known to have
     /// nothing more until they wake the task.
     fn take_events(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
-        if self.next == self.batch.len() {
+        let fresh = self.next == self.batch.len();
+        if fresh {
             self.batch.clear();
             self.next = 0;
             match self.topics.poll_batch(cx, &mut self.batch, BATCH) {
@@ -590,7 +591,11 @@ where
             }
             self.next += 1;
         }
-        Ok(self.next < self.batch.len() || self.more_events)
+        // A batch finished in a later call than the one that took it may have seen the
+        // topics wake the task meanwhile, a wake spent on a round that had no room to
+        // take anything: `more_events` is stale then, and only a new read registers the
+        // task again.
+        Ok(self.next < self.batch.len() || self.more_events || !fresh)
     }
 
     /// Encodes what was sent through the connection's handle; true when there was any.
@@ -737,5 +742,122 @@ impl<S> Write for Stream<'_, '_, S> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Hub;
+
+    /// A client's socket whose kernel buffers take `room` more bytes, and which has
+    /// nothing to read.
+    #[derive(Default)]
+    struct Pipe {
+        room: usize,
+        written: Vec<u8>,
+        waker: Option<Waker>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Pipe>>);
+
+    impl AsyncRead for Shared {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Shared {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut pipe = self.0.lock().expect("not poisoned");
+            let n = pipe.room.min(buf.len());
+            if n == 0 {
+                pipe.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            pipe.room -= n;
+            pipe.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The hub wakes a connection for an event while it has no room to take it; the
+    /// wake is spent. Once the client has read everything, the event must still go out,
+    /// though nothing else will wake the connection.
+    #[tokio::test]
+    async fn an_event_that_came_while_there_was_no_room_goes_out_once_there_is() {
+        let hub = Hub::new();
+        let mut config = Config::new(hub.clone());
+        config.ping_interval = Duration::from_secs(600);
+        let request = http::Request::new(()).into_parts().0;
+        let opened = config.open(&["t".to_owned()], None);
+        let pipe = Shared::default();
+        let mut session = Session::new(pipe.clone(), opened, Framing::Data, &config, &request);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+
+        // One batch, more than the connection takes before it has no room.
+        for i in 0..48 {
+            hub.broadcast("t", format!("{i:02}{}", "x".repeat(2046)));
+        }
+        assert!(session.poll_serve(&mut cx).is_pending());
+        // The client reads nothing; the event comes, and its wake finds no room.
+        hub.broadcast("t", "last");
+        let woken = count.0.load(Ordering::SeqCst);
+        assert!(woken > 0, "the hub woke the connection");
+        assert!(session.poll_serve(&mut cx).is_pending());
+        assert!(
+            !pipe
+                .0
+                .lock()
+                .expect("not poisoned")
+                .written
+                .ends_with(b"last")
+        );
+
+        // The client reads everything from now on.
+        pipe.0.lock().expect("not poisoned").room = usize::MAX;
+        let woken = count.0.load(Ordering::SeqCst);
+        assert!(session.poll_serve(&mut cx).is_pending());
+        let written = std::mem::take(&mut pipe.0.lock().expect("not poisoned").written);
+        let again = count.0.load(Ordering::SeqCst) > woken;
+        assert!(
+            written.ends_with(b"last") || again,
+            "the event neither went out nor will: {} bytes written",
+            written.len()
+        );
     }
 }
