@@ -69,7 +69,7 @@
 //! | `layer` | [`StreamLayer`]: the options, applied to an inner service |
 //! | `service`, `future`, `body` | [`StreamService`] and its [`ResponseFuture`] and [`ResponseBody`] |
 //! | [`serve`](mod@serve) | [`serve()`]: HTTP/1.1 with upgrades (HTTP/2 with `http2`), TLS or any transport, event streams on the bare socket |
-//! | [`ws`] | the handshake, origin checks, the `fanout.v1` protocol, the connection task |
+//! | [`ws`] | the handshake, origin checks, the `fanout.v1` protocol, permessage-deflate ([`Compression`]), the connection task |
 //! | [`sse`] | the Server-Sent-Events encoding and response body |
 //! | `config` | the layer's configuration, shared by every part that serves a stream |
 //! | `classify` | telling WebSocket upgrade attempts and event-stream requests from the rest |
