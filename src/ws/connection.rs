@@ -357,12 +357,16 @@ where
                 Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(false);
                 }
-                Err(Error::Io(error)) if inflate::Refused::of(&error).is_some() => {
+                // A compressed message refused; any other I/O error: the connection is gone.
+                Err(Error::Io(error)) => {
                     return Err(match inflate::Refused::of(&error) {
                         Some(inflate::Refused::TooBig) => {
                             End::Close(CloseCode::Size, "message too big")
                         }
-                        _ => End::Close(CloseCode::Invalid, "invalid compressed data"),
+                        Some(inflate::Refused::Invalid) => {
+                            End::Close(CloseCode::Invalid, "invalid compressed data")
+                        }
+                        None => End::Gone,
                     });
                 }
                 Err(Error::Capacity(_)) => {

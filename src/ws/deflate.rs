@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, header};
 /// The extension's answer: no context takeover either way.
 const ACCEPTED: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 /// Every sync-flushed message ends with these, which the wire form leaves out.
-const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub(super) const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// How a [`StreamLayer`](crate::StreamLayer) compresses WebSocket messages, for clients
 /// that offer permessage-deflate (every browser does): see

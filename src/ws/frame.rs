@@ -52,7 +52,7 @@ const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
 
 /// The first bytes of an unmasked frame of `len` payload bytes, after its first byte.
-fn put_header(out: &mut Vec<u8>, first: u8, len: usize) {
+pub(super) fn put_header(out: &mut Vec<u8>, first: u8, len: usize) {
     out.push(first);
     match len {
         0..=125 => out.push(len as u8),

@@ -16,12 +16,13 @@ use std::io;
 
 use flate2::{Decompress, FlushDecompress, Status};
 
+use super::deflate::TAIL;
+use super::frame;
+
 /// What a read asks the socket for.
 const READ: usize = 4096;
 /// What one inflate call may add to a frame's output.
 const STEP: usize = 16 * 1024;
-/// The end of every compressed message, which the wire form leaves out.
-const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Why a compressed message could not be read: the connection closes with 1009 or 1007.
 #[derive(Debug, PartialEq, Eq)]
@@ -291,18 +292,10 @@ impl Header {
 /// masked (with a key of zeros, which leaves the payload as it is).
 fn put_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8]) {
     out.reserve(14 + payload.len());
-    out.push(if fin { 0x80 } else { 0 } | opcode);
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+    let at = out.len();
+    frame::put_header(out, if fin { 0x80 } else { 0 } | opcode, payload.len());
+    // The mask bit, then the key.
+    out[at + 1] |= 0x80;
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(payload);
 }
