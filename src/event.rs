@@ -24,6 +24,7 @@
 
 use std::fmt;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,16 +47,55 @@ pub struct Event {
     event: Option<Box<str>>,
     id: Option<Box<str>>,
     retry: Option<Duration>,
-    /// The Server-Sent-Events wire form, encoded on first use.
-    sse: OnceLock<Bytes>,
     /// Whether the data is UTF-8 (a WebSocket text frame), checked on first use.
-    utf8: OnceLock<bool>,
-    /// The frame of the WebSocket protocol, encoded on first use: an event belongs to the
-    /// one topic it was broadcast to.
+    utf8: Utf8,
+    /// The wire forms, encoded on first use. Out of line: an event the hub allocates stays
+    /// small enough for the allocator's fastest size classes, which matters when one
+    /// thread allocates events and another frees them.
+    wire: OnceLock<Box<Wire>>,
+}
+
+/// An event's wire forms, each encoded on first use and shared by every subscriber.
+#[derive(Clone, Default)]
+struct Wire {
+    /// The Server-Sent-Events wire form.
+    sse: OnceLock<Bytes>,
+    /// The frame of the WebSocket protocol: an event belongs to the one topic it was
+    /// broadcast to.
     protocol: OnceLock<Bytes>,
-    /// One of its WebSocket payloads compressed (permessage-deflate), on first use: which
-    /// one, and its compressed bytes unless compression did not make it smaller.
+    /// One of its WebSocket payloads compressed (permessage-deflate): which one, and its
+    /// compressed bytes unless compression did not make it smaller.
     deflated: OnceLock<Box<(Form, Option<Bytes>)>>,
+}
+
+/// Whether data is UTF-8, once checked (0 until then): a byte rather than a
+/// `OnceLock<bool>`, which takes eight.
+#[derive(Default)]
+struct Utf8(AtomicU8);
+
+impl Utf8 {
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+
+    fn get_or_check(&self, data: &[u8]) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            Self::YES => true,
+            Self::NO => false,
+            _ => {
+                // Racing checks agree, so whichever store lands is right.
+                let utf8 = std::str::from_utf8(data).is_ok();
+                self.0
+                    .store(if utf8 { Self::YES } else { Self::NO }, Ordering::Relaxed);
+                utf8
+            }
+        }
+    }
+}
+
+impl Clone for Utf8 {
+    fn clone(&self) -> Self {
+        Self(AtomicU8::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 impl Event {
@@ -75,10 +115,8 @@ impl Event {
             event: None,
             id: None,
             retry: None,
-            sse: OnceLock::new(),
-            utf8: OnceLock::new(),
-            protocol: OnceLock::new(),
-            deflated: OnceLock::new(),
+            utf8: Utf8::default(),
+            wire: OnceLock::new(),
         }
     }
 
@@ -91,9 +129,7 @@ impl Event {
         check_line(event, Field::Event)?;
         Ok(Self {
             event: Some(event.into()),
-            sse: OnceLock::new(),
-            protocol: OnceLock::new(),
-            deflated: OnceLock::new(),
+            wire: OnceLock::new(),
             ..self
         })
     }
@@ -113,9 +149,7 @@ impl Event {
         }
         Ok(Self {
             id: Some(id.into()),
-            sse: OnceLock::new(),
-            protocol: OnceLock::new(),
-            deflated: OnceLock::new(),
+            wire: OnceLock::new(),
             ..self
         })
     }
@@ -125,7 +159,7 @@ impl Event {
     pub fn retry(self, retry: Duration) -> Self {
         Self {
             retry: Some(retry),
-            sse: OnceLock::new(),
+            wire: OnceLock::new(),
             ..self
         }
     }
@@ -141,11 +175,16 @@ impl Event {
         if len == 0 || len >= OWN_BELOW {
             return;
         }
+        if !self.data.is_unique() {
+            if shared {
+                self.data = Bytes::copy_from_slice(&self.data);
+            }
+            return;
+        }
         // Data that owns its allocation alone shows how large it is.
         self.data = match std::mem::take(&mut self.data).try_into_mut() {
             Ok(own) if own.capacity() <= 2 * len + 64 => own.freeze(),
             Ok(view) => Bytes::copy_from_slice(&view),
-            Err(others) if shared => Bytes::copy_from_slice(&others),
             Err(others) => others,
         };
     }
@@ -153,9 +192,7 @@ impl Event {
     /// Sets the id the hub chose, which needs no checking.
     pub(crate) fn assign_id(&mut self, id: String) {
         self.id = Some(id.into());
-        self.sse = OnceLock::new();
-        self.protocol = OnceLock::new();
-        self.deflated = OnceLock::new();
+        self.wire = OnceLock::new();
     }
 
     /// The event's data: the payload of a WebSocket frame, the `data:` lines of SSE.
@@ -165,9 +202,7 @@ impl Event {
 
     /// Whether the data is UTF-8, checked once for all the subscribers of a broadcast.
     pub(crate) fn is_utf8(&self) -> bool {
-        *self
-            .utf8
-            .get_or_init(|| std::str::from_utf8(&self.data).is_ok())
+        self.utf8.get_or_check(&self.data)
     }
 
     /// The event type, if set.
@@ -197,7 +232,8 @@ impl Event {
     /// The event's frame in the WebSocket protocol, as an event of `topic`: encoded on
     /// first use and shared by every subscriber.
     pub(crate) fn protocol_frame(&self, topic: &str) -> &Bytes {
-        self.protocol
+        self.wire()
+            .protocol
             .get_or_init(|| crate::ws::protocol::event(topic, self))
     }
 
@@ -210,6 +246,7 @@ impl Event {
     ) -> Option<Bytes> {
         let mut compress = Some(compress);
         let kept = self
+            .wire()
             .deflated
             .get_or_init(|| Box::new((form, compress.take().and_then(|compress| compress()))));
         if kept.0 == form {
@@ -221,7 +258,11 @@ impl Event {
 
     /// The Server-Sent-Events wire form, borrowed: encoded on first use.
     pub(crate) fn sse_bytes(&self) -> &Bytes {
-        self.sse.get_or_init(|| encode::encode(self))
+        self.wire().sse.get_or_init(|| encode::encode(self))
+    }
+
+    fn wire(&self) -> &Wire {
+        self.wire.get_or_init(Box::default)
     }
 }
 
@@ -313,6 +354,16 @@ mod tests {
         let mut event = Event::new(data.clone());
         event.own_small_data(shared);
         event.data().as_ptr() == data.as_ptr()
+    }
+
+    #[test]
+    fn a_shared_event_fits_the_allocators_fast_size_classes() {
+        // glibc serves chunks up to 128 bytes (a 120-byte request) from its fast bins;
+        // one size class up, an event allocated on one thread and freed on another costs
+        // two to three times as much. `Arc` adds two counts.
+        assert!(std::mem::size_of::<std::sync::Arc<Event>>() == 8);
+        assert!(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Event>() <= 120);
+        assert!(std::mem::size_of::<Wire>() <= 120);
     }
 
     #[test]
