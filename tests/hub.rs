@@ -290,6 +290,40 @@ async fn an_event_is_let_go_once_every_subscriber_has_read_it() {
     assert_eq!(Arc::strong_count(&c), 1);
 }
 
+#[tokio::test]
+async fn the_last_reader_takes_each_event_from_the_ring_and_the_history_stays() {
+    let hub = Hub::builder().history(2).build();
+    let mut fast = hub.subscribe("t");
+    let mut slow = hub.subscribe("t");
+    for i in 0..5 {
+        hub.broadcast("t", format!("{i}"));
+    }
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(fast.recv().await.expect("delivered"));
+    }
+    assert!(
+        first.iter().all(|event| Arc::strong_count(event) == 2),
+        "the ring holds every event for the slow reader"
+    );
+    let mut second = Vec::new();
+    for _ in 0..5 {
+        second.push(slow.recv().await.expect("delivered"));
+    }
+    for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+        assert!(Arc::ptr_eq(a, b), "one copy of event {i}");
+        // The ring lets go of the first three, and keeps the last two as history.
+        let holders = if i < 3 { 2 } else { 3 };
+        assert_eq!(Arc::strong_count(a), holders, "holders of event {i}");
+    }
+    let since = first[2]
+        .event_id()
+        .expect("the hub gives ids with a history");
+    let (mut late, _) = hub.resume("t", since);
+    assert_eq!(data(&late.recv().await.expect("from the history")), "3");
+    assert_eq!(data(&late.recv().await.expect("from the history")), "4");
+}
+
 /// The next thing `subscriber` receives, as text: `topic data`, `topic lagged N`, or
 /// `topic closed`.
 async fn next(subscriber: &mut tower_fanout::Subscriber) -> String {

@@ -228,7 +228,24 @@ impl ChannelState {
         }
         let gap = gap();
         let mut count = 0;
-        for slot in self.ring.range_mut(start..start + available) {
+        // An event no one else is left to read leaves the ring with this subscriber: moved,
+        // not cloned then dropped, so that its count, last written by the publisher's
+        // core, is not touched while the publisher may be waiting for the lock.
+        if start == 0 {
+            while count < available
+                && self.ring.len() > self.retention.history
+                && let Some(slot) = self.ring.front()
+                && slot.unread == 1
+                && !Arc::ptr_eq(&slot.event, gap)
+                && let Some(slot) = self.ring.pop_front()
+            {
+                deliver(slot.event);
+                count += 1;
+            }
+        }
+        *cursor += count as u64;
+        let taken = count;
+        for slot in self.ring.range_mut(start..start + available - taken) {
             if Arc::ptr_eq(&slot.event, gap) {
                 if count == 0 {
                     slot.unread -= 1;
@@ -242,11 +259,12 @@ impl ChannelState {
             deliver(Arc::clone(&slot.event));
             count += 1;
         }
-        *cursor += count as u64;
-        // Before trimming, which shifts the ring's indices.
-        let caught_up = start + count == self.ring.len();
+        *cursor += (count - taken) as u64;
         self.trim();
-        Read::Events { count, caught_up }
+        Read::Events {
+            count,
+            caught_up: *cursor == self.next_seq,
+        }
     }
 
     /// Forgets a subscriber at `cursor`, which has `ended` already or not: the events it
