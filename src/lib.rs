@@ -123,6 +123,7 @@ mod layer;
 pub mod metrics;
 mod outgoing;
 mod reject;
+mod scratch;
 pub mod serve;
 mod service;
 pub mod sse;

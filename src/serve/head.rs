@@ -1,19 +1,20 @@
 //! Reading a connection's first request head, to tell an event stream from the rest.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 use super::Body;
 use crate::classify::{is_upgrade_attempt, wants_event_stream};
+use crate::scratch;
 
 /// A head larger than this goes to hyper, which has the limits and the errors for it.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// What one read asks the socket for: a browser's request head fits.
-const READ: usize = 2048;
 
 pub(super) enum Head {
     /// A Server-Sent-Events request, alone on its connection.
@@ -25,11 +26,23 @@ pub(super) enum Head {
 }
 
 /// Reads until the first request head is whole, or is known not to be an event stream.
+///
+/// Nothing is allocated while the client has sent nothing: each read lands in the
+/// thread's buffer ([`scratch`]) and is copied into one of the head's size. After a
+/// restart every client reconnects at once, and thousands of connections wait for their
+/// heads together: a buffer each, freed among the sessions that outlive them, would stay
+/// resident.
 pub(super) async fn read(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Head> {
     let mut read = BytesMut::new();
     loop {
-        read.reserve(READ);
-        if stream.read_buf(&mut read).await? == 0 {
+        let len = poll_fn(|cx| {
+            scratch::poll_read(Pin::new(&mut *stream), cx, |filled| {
+                read.extend_from_slice(filled);
+                filled.len()
+            })
+        })
+        .await?;
+        if len == 0 {
             return Ok(if read.is_empty() {
                 Head::Closed
             } else {

@@ -348,7 +348,9 @@ where
             Head::EventStream(request) => {
                 let mut request = *request;
                 request.extensions_mut().insert(peer);
-                respond::respond(io, self.service, request, self.shutdown).await;
+                // Boxed, as hyper's is below: every connection waits for its head in
+                // this task, and after a restart thousands wait together.
+                Box::pin(respond::respond(io, self.service, request, self.shutdown)).await;
             }
             // hyper's connection is large; only the connections that need it carry it.
             Head::Other(read) => Box::pin(self.serve_with_hyper(Rewind::new(read, io))).await,
