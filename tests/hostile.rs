@@ -393,6 +393,43 @@ async fn a_panicking_message_handler_closes_only_its_connection_with_1011() {
     assert_still_serves(addr, &hub).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_together_or_larger_than_a_read_arrive_whole_and_in_order() {
+    let hub = Hub::new();
+    let layer = StreamLayer::new(hub.clone())
+        .read_limit(64 * 1024)
+        .on_message(|inbound| {
+            let _ = inbound.connection().send(inbound.data().clone());
+        });
+    let addr = serve(layer).await;
+    let mut client = ws_connect(&format!("ws://{addr}/?topic=t")).await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    // Queued, then flushed in one go: the server reads several frames at once, and a
+    // message larger than what one read of its takes.
+    let large: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = [
+        Message::text("first"),
+        Message::text("x".repeat(300)),
+        Message::binary(large.clone()),
+        Message::text("last"),
+    ];
+    for message in &sent {
+        client.feed(message.clone()).await.expect("queue");
+    }
+    client.flush().await.expect("send");
+    for message in &sent {
+        let echoed = timeout(WAIT, client.next())
+            .await
+            .expect("echoed in time")
+            .expect("open")
+            .expect("a message");
+        assert_eq!(echoed.into_data(), message.clone().into_data());
+    }
+    assert_eq!(hub.broadcast("t", "still subscribed"), 1);
+    assert_eq!(next_text(&mut client).await, "still subscribed");
+}
+
 /// What a raw WebSocket client that never answers saw: when each frame arrived.
 async fn frames_until_close(stream: &mut TcpStream) -> Vec<(u8, tokio::time::Instant)> {
     let frames = async {

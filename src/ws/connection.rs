@@ -18,12 +18,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use http::request::Parts;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -40,11 +40,17 @@ use crate::config::{Config, Opened};
 use crate::cursor::Positions;
 use crate::hub::{Item, Joined, Since, Subscriber};
 use crate::outgoing::Outgoing;
+use crate::scratch;
 use crate::wake::{Alarm, Signal};
 use crate::{CloseReason, Compression, Resume};
 
 /// Items taken from the topics at once.
 const BATCH: usize = 64;
+/// What the WebSocket library keeps allocated to read into, and asks for at once. Small,
+/// since every connection holds it: a read takes what the socket has through the
+/// thread's buffer ([`scratch`]), and what the library has not asked for yet waits in
+/// the session until it does.
+const READ_BUFFER: usize = 128;
 /// Rounds of reading, gathering and writing one wake-up may do before yielding.
 const ROUNDS: usize = 16;
 /// Client messages handled per round.
@@ -126,6 +132,8 @@ struct Session<'a, S> {
     /// client's compressed messages before the library reads them.
     compression: Option<Compression>,
     inflate: Option<Box<Inflate>>,
+    /// What the socket gave that the library has not asked for yet.
+    unread: BytesMut,
     /// Says whether the socket may have something to read.
     readable: Signal,
     /// Bytes for the client.
@@ -166,10 +174,10 @@ where
         request: &'a Parts,
     ) -> Self {
         // The library's defaults buffer 128 KiB per connection; an idle push connection
-        // needs little: the read buffer is refilled 1 KiB at a time, and larger messages
-        // are still read whole. Its writes go straight through to `out`.
+        // needs little: the library keeps a read buffer of [`READ_BUFFER`] bytes, and
+        // larger messages are still read whole. Its writes go straight through to `out`.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
             .max_message_size(Some(config.read_limit))
             .max_frame_size(Some(config.read_limit));
@@ -188,6 +196,7 @@ where
             protocol: WebSocketContext::new(Role::Server, Some(ws_config)),
             compression: None,
             inflate: None,
+            unread: BytesMut::new(),
             readable: Signal::new(),
             out: Outgoing::default(),
             several: subscriber.len() > 1,
@@ -350,6 +359,7 @@ where
                 cx: &mut read_cx,
                 out: &mut self.out,
                 inflate: self.inflate.as_deref_mut(),
+                unread: &mut self.unread,
             };
             let message = match self.protocol.read(&mut stream) {
                 Ok(message) => message,
@@ -650,6 +660,7 @@ where
                         cx,
                         out: &mut self.out,
                         inflate: None,
+                        unread: &mut self.unread,
                     };
                     // Writes the close reply; then reports the closing as an error.
                     let _ = self.protocol.flush(&mut stream);
@@ -716,15 +727,36 @@ struct Stream<'a, 'b, S> {
     out: &'a mut Outgoing,
     /// Inflates compressed messages on their way to the library, when negotiated.
     inflate: Option<&'a mut Inflate>,
+    /// What the socket gave that the library has not asked for yet.
+    unread: &'a mut BytesMut,
 }
 
 impl<S: AsyncRead + Unpin> Read for Stream<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (io, cx) = (&mut *self.io, &mut *self.cx);
+        let (io, cx, unread) = (&mut *self.io, &mut *self.cx, &mut *self.unread);
+        // The library asks for a little at a time ([`READ_BUFFER`]): what the socket gave
+        // beyond that waits in `unread`, which is empty, and holds nothing, once taken.
         let read = |into: &mut [u8]| {
-            let mut into = ReadBuf::new(into);
-            match Pin::new(&mut *io).poll_read(cx, &mut into) {
-                Poll::Ready(result) => result.map(|()| into.filled().len()),
+            if into.is_empty() {
+                return Ok(0);
+            }
+            if !unread.is_empty() {
+                let len = unread.len().min(into.len());
+                into[..len].copy_from_slice(&unread[..len]);
+                unread.advance(len);
+                if unread.is_empty() {
+                    *unread = BytesMut::new();
+                }
+                return Ok(len);
+            }
+            let read = scratch::poll_read(Pin::new(&mut *io), cx, |filled| {
+                let len = filled.len().min(into.len());
+                into[..len].copy_from_slice(&filled[..len]);
+                unread.extend_from_slice(&filled[len..]);
+                len
+            });
+            match read {
+                Poll::Ready(result) => result,
                 Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
             }
         };
@@ -775,7 +807,7 @@ mod tests {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
             Poll::Pending
         }
