@@ -52,6 +52,11 @@
 //! `compression(Compression::new())`. The burst reports the bytes the clients read per
 //! delivery.
 //!
+//! `storm=1` makes the clients of every phase connect all their sockets first and then
+//! send every request, as the clients of a restarted server come back at once: the
+//! server then has them all waiting for their request heads together. The idle phase
+//! shows what that leaves resident.
+//!
 //! `topics=N` gives each client N topics on its one connection (the crate's servers only):
 //! a burst spreads its events round robin over them, so that every client still gets
 //! every event, and the steady phase publishes to the first one, the others quiet.
@@ -123,6 +128,8 @@ struct Options {
     json: bool,
     /// Whether each client has a topic of its own.
     per_client: bool,
+    /// Whether the clients of a phase connect all at once.
+    storm: bool,
     /// The topic counts to run every phase with, in turn.
     topic_counts: Vec<usize>,
     /// The topics per connection of the run in progress.
@@ -144,6 +151,7 @@ impl Options {
             attach: None,
             json: false,
             per_client: false,
+            storm: false,
             topic_counts: vec![1],
             topics: 1,
         };
@@ -165,6 +173,7 @@ impl Options {
                 "attach" => options.attach = Some(value.parse()?),
                 "payload" => options.json = value == "json",
                 "per_client" => options.per_client = value == "1",
+                "storm" => options.storm = value == "1",
                 "topics" => {
                     options.topic_counts = value
                         .split(',')
@@ -180,10 +189,13 @@ impl Options {
 
 /// Whether clients take topics of their own (`per_client=1`), for every phase.
 static PER_CLIENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether the clients of a phase connect in a storm (`storm=1`).
+static STORM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     raise_fd_limit();
     PER_CLIENT.store(options.per_client, Ordering::Relaxed);
+    STORM.store(options.storm, Ordering::Relaxed);
     println!("{options:?}");
     let mut missing = 0;
     for phase in &options.phases {
@@ -459,7 +471,7 @@ impl Seen {
 /// bytes are the quickest to parse), each with its memory for `events` deliveries
 /// written once already: otherwise the page faults of the
 /// first phase of a run land in its measurement, and whichever server goes first looks
-/// slower.
+/// slower. One after another, or in a storm (`storm=1`).
 async fn clients(
     server: &Server,
     transport: &str,
@@ -471,6 +483,14 @@ async fn clients(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
     let read = if count > 10_000 { CROWD_READ } else { READ };
+    // A storm: every socket connects first, then every request goes out, as when all
+    // the clients of a restarted server come back at once.
+    let mut streams = Vec::new();
+    if STORM.load(Ordering::Relaxed) {
+        for i in 0..count {
+            streams.push(Some(server.connect_from(i).await?));
+        }
+    }
     for i in 0..count {
         let seen = Arc::clone(seen);
         let list = seen.client(events);
@@ -482,7 +502,10 @@ async fn clients(
             // A read holds at most one delivery per 64 bytes or so.
             (buffer, warm(read, 0), warm(read / 64, Arrival::default()))
         };
-        let mut stream = server.connect_from(i).await?;
+        let mut stream = match streams.get_mut(i).and_then(Option::take) {
+            Some(stream) => stream,
+            None => server.connect_from(i).await?,
+        };
         let own = PER_CLIENT.load(Ordering::Relaxed).then_some(i);
         stream
             .write_all(stream_request(transport, topics, own).as_bytes())
