@@ -62,7 +62,9 @@ const READS: usize = 64;
 pub(super) struct Start {
     pub(super) opened: Opened,
     pub(super) framing: Framing,
-    pub(super) request: Parts,
+    /// The request's head, where an `on_message` or authorization hook may read it.
+    pub(super) request: Option<Box<Parts>>,
+    pub(super) version: http::Version,
     /// permessage-deflate, when negotiated.
     pub(super) compression: Option<Compression>,
 }
@@ -70,6 +72,10 @@ pub(super) struct Start {
 impl Start {
     /// Takes `start` out of its box and frees the box now: moved out of in the future
     /// that holds it, the box would be freed only when the connection ends.
+    #[expect(
+        clippy::boxed_local,
+        reason = "the box keeps the start out of the connection's long-lived future"
+    )]
     fn unbox(start: Box<Self>) -> Self {
         *start
     }
@@ -80,12 +86,13 @@ pub(super) fn serve(
     on_upgrade: OnUpgrade,
     start: Box<Start>,
     config: Arc<Config>,
+    peer: Option<std::net::SocketAddr>,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::debug_span!(
         "stream",
         transport = "websocket",
         topic = %start.opened.subscriber.topics().collect::<Vec<_>>().join(","),
-        peer = crate::config::peer(&start.request.extensions).map(tracing::field::display),
+        peer = peer.map(tracing::field::display),
     );
     async move {
         let upgraded = match on_upgrade.await {
@@ -103,9 +110,17 @@ pub(super) fn serve(
             opened,
             framing,
             request,
+            version,
             compression,
         } = Start::unbox(start);
-        let mut session = Session::new(TokioIo::new(upgraded), opened, framing, &config, &request);
+        let mut session = Session::new(
+            TokioIo::new(upgraded),
+            opened,
+            framing,
+            &config,
+            request.as_deref(),
+            version,
+        );
         session.compression = compression;
         session.inflate = compression.map(|_| Box::new(Inflate::new(config.read_limit)));
         let end = poll_fn(|cx| session.poll_serve(cx)).await;
@@ -152,7 +167,8 @@ struct Session<'a, S> {
     /// The handle `on_message` handlers send through, and its queue; only with a handler.
     direct: Option<(Connection, mpsc::Receiver<Direct>)>,
     config: &'a Config,
-    request: &'a Parts,
+    /// The request's head, for the hooks that read it (kept whenever one is set).
+    request: Option<&'a Parts>,
     /// Counts the connection as open while it lives.
     _open: crate::metrics::Open,
     next_ping: Instant,
@@ -171,7 +187,8 @@ where
         opened: Opened,
         framing: Framing,
         config: &'a Config,
-        request: &'a Parts,
+        request: Option<&'a Parts>,
+        version: http::Version,
     ) -> Self {
         // The library's defaults buffer 128 KiB per connection; an idle push connection
         // needs little: the library keeps a read buffer of [`READ_BUFFER`] bytes, and
@@ -209,7 +226,7 @@ where
             direct,
             config,
             request,
-            _open: crate::metrics::Open::new("websocket", request.version),
+            _open: crate::metrics::Open::new("websocket", version),
             next_ping: now + config.ping_interval,
             last_heard: now,
             alarm: Alarm::new(now + config.ping_interval),
@@ -424,14 +441,16 @@ where
     /// client that sends faster than it reads cannot fill the direct queue. A handler
     /// that panics ends its connection (1011), and only its connection.
     fn deliver(&mut self, data: Bytes, text: bool) -> Result<(), End> {
-        let (Some(handler), Some((connection, _))) = (&self.config.on_message, &self.direct) else {
+        let (Some(handler), Some((connection, _)), Some(request)) =
+            (&self.config.on_message, &self.direct, self.request)
+        else {
             return Ok(());
         };
         let inbound = Inbound {
             data,
             text,
             topics: &self.topics,
-            request: self.request,
+            request,
             hub: &self.config.hub,
             connection,
         };
@@ -501,7 +520,10 @@ where
                         ),
                     ));
                 }
-                if let Err(rejection) = self.config.authorized(self.request, &topic) {
+                // The head is kept whenever there is a hook to read it.
+                if let Some(request) = self.request
+                    && let Err(rejection) = self.config.authorized(request, &topic)
+                {
                     return self.reply_refused(&refused(
                         rejection.status(),
                         rejection.reason().to_owned(),
@@ -857,10 +879,16 @@ mod tests {
         let hub = Hub::new();
         let mut config = Config::new(hub.clone());
         config.ping_interval = Duration::from_secs(600);
-        let request = http::Request::new(()).into_parts().0;
         let opened = config.open(&["t".to_owned()], None);
         let pipe = Shared::default();
-        let mut session = Session::new(pipe.clone(), opened, Framing::Data, &config, &request);
+        let mut session = Session::new(
+            pipe.clone(),
+            opened,
+            Framing::Data,
+            &config,
+            None,
+            http::Version::HTTP_11,
+        );
         let count = Arc::new(Count::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);

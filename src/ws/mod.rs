@@ -134,14 +134,24 @@ pub(crate) fn accept(
     let extensions = config
         .compression
         .and_then(|compression| Some((compression, deflate::negotiate(&parts.headers)?)));
-    let request = compact(parts, config.authorize.is_some());
+    let peer = crate::config::peer(&parts.extensions);
+    let version = parts.version;
+    // Kept for the hooks that read it, and only for them: 224 bytes a connection.
+    let request = (config.on_message.is_some() || config.authorize.is_some())
+        .then(|| Box::new(compact(parts, config.authorize.is_some())));
     let start = Box::new(connection::Start {
         opened,
         framing,
         request,
+        version,
         compression: extensions.as_ref().map(|&(compression, _)| compression),
     });
-    tokio::spawn(connection::serve(on_upgrade, start, Arc::clone(config)));
+    tokio::spawn(connection::serve(
+        on_upgrade,
+        start,
+        Arc::clone(config),
+        peer,
+    ));
 
     let mut response = Response::new(Prepared::Full(None));
     match answer {
