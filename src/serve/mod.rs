@@ -339,21 +339,27 @@ where
             // A connection that has not asked for anything yet is simply closed.
             () = shut_down(&mut self.shutdown) => return,
         };
-        let (io, head) = match opened {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => return tracing::debug!(%error, %peer, "connection lost"),
-            Err(_) => return tracing::debug!(%peer, "no request head in time"),
-        };
+        match opened {
+            // Boxed: every connection waits for its head in this task, and after a restart
+            // thousands wait together. What serves it from here on is larger.
+            Ok(Ok((io, head))) => Box::pin(self.serve_opened(io, head)).await,
+            Ok(Err(error)) => tracing::debug!(%error, %peer, "connection lost"),
+            Err(_) => tracing::debug!(%peer, "no request head in time"),
+        }
+    }
+
+    /// Serves the connection once its first request head is read.
+    async fn serve_opened<Io>(self, io: Io, head: Head)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         match head {
             Head::EventStream(request) => {
                 let mut request = *request;
-                request.extensions_mut().insert(peer);
-                // Boxed, as hyper's is below: every connection waits for its head in
-                // this task, and after a restart thousands wait together.
-                Box::pin(respond::respond(io, self.service, request, self.shutdown)).await;
+                request.extensions_mut().insert(self.peer);
+                respond::respond(io, self.service, request, self.shutdown).await;
             }
-            // hyper's connection is large; only the connections that need it carry it.
-            Head::Other(read) => Box::pin(self.serve_with_hyper(Rewind::new(read, io))).await,
+            Head::Other(read) => self.serve_with_hyper(Rewind::new(read, io)).await,
             Head::Closed => {}
         }
     }
