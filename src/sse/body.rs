@@ -260,6 +260,11 @@ impl Body for SseBody {
         if this.poll_quiet(cx) {
             return this.sent(KEEP_ALIVE);
         }
+        // Quiet, with the batch sent: its memory is let go until events come again, as
+        // most streams are quiet most of the time.
+        if this.batch.is_empty() {
+            this.batch = Vec::new();
+        }
         Poll::Pending
     }
 }

@@ -569,8 +569,12 @@ where
             self.next = 0;
             match self.topics.poll_batch(cx, &mut self.batch, BATCH) {
                 Poll::Ready(more) => self.more_events = more,
-                // The topics hold the task's waker.
-                Poll::Pending => return Ok(false),
+                // The topics hold the task's waker; the batch's memory is let go until
+                // they have news, as most connections are quiet most of the time.
+                Poll::Pending => {
+                    self.batch = Vec::new();
+                    return Ok(false);
+                }
             }
         }
         while self.next < self.batch.len() && self.has_room() {
@@ -631,7 +635,13 @@ where
         // topics wake the task meanwhile, a wake spent on a round that had no room to
         // take anything: `more_events` is stale then, and only a new read registers the
         // task again.
-        Ok(self.next < self.batch.len() || self.more_events || !fresh)
+        let more = self.next < self.batch.len() || self.more_events || !fresh;
+        if !more {
+            // Quiet until the topics wake the task: the batch's memory is let go.
+            self.batch = Vec::new();
+            self.next = 0;
+        }
+        Ok(more)
     }
 
     /// Encodes what was sent through the connection's handle; true when there was any.
