@@ -1226,9 +1226,20 @@ async fn catch_up(
     topics: &[String],
 ) -> redis::RedisResult<()> {
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // Where the node stood before Redis was asked: a message that arrives meanwhile moves
+    // it past what Redis answers, which must not be taken for Redis having lost it.
+    let stood: Vec<Option<Position>> = {
+        let known = lock_positions(positions);
+        topics
+            .iter()
+            .map(|topic| known.get(topic).cloned())
+            .collect()
+    };
     let now = stand(shared, reader, &names).await?;
-    for (topic, now) in topics.iter().zip(now) {
-        let Some(was) = lock_positions(positions).get(topic).cloned() else {
+    for ((topic, now), was) in topics.iter().zip(now).zip(stood) {
+        // Not followed, or moved on since: the message that moved it came after what
+        // Redis answered, and its delivery fetched what came before it.
+        let Some(was) = was.filter(|was| lock_positions(positions).get(topic) == Some(was)) else {
             continue;
         };
         // What the history no longer holds up to where Redis stands is a gap.
