@@ -512,6 +512,49 @@ async fn next_item(subscription: &mut tower_fanout::Subscription) -> String {
     }
 }
 
+/// A node that starts following a topic as another publishes the topic's first event
+/// says nothing is lost: the event arriving while it asks Redis where the topic stands
+/// is not taken for Redis having lost what the node holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_topic_joined_as_its_first_event_comes_loses_nothing() {
+    let redis = Redis::start(None);
+    let (a, b) = (
+        history_node(&redis, 16).await,
+        history_node(&redis, 16).await,
+    );
+    wait_until("both connected", || {
+        a.backplane.stats().connected && b.backplane.stats().connected
+    })
+    .await;
+    for round in 0..60u32 {
+        let topic = format!("fresh-{round}");
+        let mut joined = b.hub.subscribe(&topic);
+        // The topic's first event, at a different moment of B's joining each round.
+        tokio::time::sleep(Duration::from_micros(u64::from(round % 30) * 50)).await;
+        a.hub.broadcast(&topic, "first");
+        // A node keeping history goes on following the topics of earlier rounds.
+        wait_listening(&b, round as usize + 1).await;
+        a.hub.broadcast(&topic, "end");
+        let mut received = Vec::new();
+        while received
+            .last()
+            .is_none_or(|item: &String| !item.starts_with("end@"))
+        {
+            assert!(received.len() < 3, "round {round}: {received:?}");
+            received.push(next_item(&mut joined).await);
+        }
+        // Before B joined, or after: the first event, or not; never a loss.
+        let data: Vec<&str> = received
+            .iter()
+            .map(|item| item.split('@').next().unwrap_or_default())
+            .collect();
+        assert!(
+            data == ["end"] || data == ["first", "end"],
+            "round {round}: {received:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_every_node_gives_an_event_the_same_id_and_a_client_resumes_on_any() {
     let redis = Redis::start(None);
