@@ -529,7 +529,9 @@ async fn with_history_a_topic_joined_as_its_first_event_comes_loses_nothing() {
     for round in 0..60u32 {
         let topic = format!("fresh-{round}");
         let mut joined = b.hub.subscribe(&topic);
-        // The topic's first event, at a different moment of B's joining each round.
+        // The topic's first event, at a different moment of B's joining each round (a
+        // spread of moments, not a wait for anything): some rounds land it while B asks
+        // Redis where the topic stands, whichever the machine's speed.
         tokio::time::sleep(Duration::from_micros(u64::from(round % 30) * 50)).await;
         a.hub.broadcast(&topic, "first");
         // A node keeping history goes on following the topics of earlier rounds.

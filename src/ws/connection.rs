@@ -567,15 +567,11 @@ where
         if fresh {
             self.batch.clear();
             self.next = 0;
-            match self.topics.poll_batch(cx, &mut self.batch, BATCH) {
-                Poll::Ready(more) => self.more_events = more,
-                // The topics hold the task's waker; the batch's memory is let go until
-                // they have news, as most connections are quiet most of the time.
-                Poll::Pending => {
-                    self.batch = Vec::new();
-                    return Ok(false);
-                }
-            }
+            self.more_events = match self.topics.poll_batch(cx, &mut self.batch, BATCH) {
+                Poll::Ready(more) => more,
+                // The topics hold the task's waker.
+                Poll::Pending => false,
+            };
         }
         while self.next < self.batch.len() && self.has_room() {
             match &self.batch[self.next] {
@@ -637,7 +633,8 @@ where
         // task again.
         let more = self.next < self.batch.len() || self.more_events || !fresh;
         if !more {
-            // Quiet until the topics wake the task: the batch's memory is let go.
+            // Quiet until the topics wake the task: the batch's memory is let go, as
+            // most connections are quiet most of the time.
             self.batch = Vec::new();
             self.next = 0;
         }
