@@ -9,7 +9,7 @@
 //! a reset) is found by a PING that gets no answer in time; both connections are then
 //! replaced.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -220,15 +220,18 @@ struct Counters {
 enum Interest {
     Subscribe(String),
     Unsubscribe(String),
-    /// A resume this node's own history cannot serve: the events of `topic` after
-    /// `at` of `epoch`. Queued with the subscribes, so that it is answered once the node
-    /// follows the topic.
-    History {
-        topic: String,
-        epoch: String,
-        at: u64,
-        reply: oneshot::Sender<History>,
-    },
+    /// A resume this node's own history cannot serve. Queued with the subscribes, so
+    /// that it is answered once the node follows the topic.
+    History(Resume),
+}
+
+/// A resume waiting for Redis: the events of `topic` after `at` of `epoch`.
+#[derive(Debug)]
+struct Resume {
+    topic: String,
+    epoch: String,
+    at: u64,
+    reply: oneshot::Sender<History>,
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.
@@ -418,12 +421,12 @@ impl Backplane for RedisBackplane {
         let (reply, answer) = oneshot::channel();
         self.shared
             .subscriptions
-            .send(Interest::History {
+            .send(Interest::History(Resume {
                 topic: topic.to_owned(),
                 epoch: epoch.to_owned(),
                 at,
                 reply,
-            })
+            }))
             .ok()?;
         Some(answer)
     }
@@ -462,13 +465,16 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// The queues the task drains, the topics the hub wants, and where this node stands in
-/// each topic's history.
+/// The queues the task drains, the topics the hub wants, where this node stands in
+/// each topic's history, and the resumes waiting for Redis.
 struct Work {
     publishes: mpsc::Receiver<(String, Bytes)>,
     interests: mpsc::UnboundedReceiver<Interest>,
     topics: HashSet<String>,
     positions: Positions,
+    /// Asked for while Redis was away, or not answered before it went: answered once it
+    /// is back, so that an outage is not taken for a loss.
+    resumes: VecDeque<Resume>,
 }
 
 /// The last position this node has delivered of each topic it listens to, in ordered
@@ -505,6 +511,7 @@ async fn run(
         interests,
         topics: HashSet::new(),
         positions: Positions::default(),
+        resumes: VecDeque::new(),
     };
     let mut backoff = FIRST_BACKOFF;
     let mut connections = 0u64;
@@ -531,7 +538,9 @@ async fn run(
                 Some(_) = work.publishes.recv() => {
                     shared.counters.not_delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(interest) = work.interests.recv() => follow(&mut work.topics, interest),
+                Some(interest) = work.interests.recv() => {
+                    follow(&mut work.topics, &mut work.resumes, interest);
+                }
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -548,7 +557,10 @@ async fn session(
     connections: &mut u64,
 ) -> RedisError {
     let (push_sender, mut pushes) = mpsc::channel(shared.receive_queue);
-    let (mut publisher, subscriber) = match connect(shared, push_sender, &work.topics).await {
+    let ordered = shared.ordered.load(Ordering::Acquire);
+    let positions = ordered.then_some(&work.positions);
+    let connected = connect(shared, push_sender, &work.topics, positions).await;
+    let (mut publisher, subscriber) = match connected {
         Ok(connected) => connected,
         Err(error) => return error,
     };
@@ -560,7 +572,6 @@ async fn session(
         tracing::debug!("redis backplane connected");
     }
     shared.counters.connected.store(true, Ordering::Release);
-    let ordered = shared.ordered.load(Ordering::Acquire);
     let script = if ordered {
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(PUBLISH_SCRIPT);
@@ -572,11 +583,15 @@ async fn session(
     } else {
         None
     };
-    // What was published while this node was away is fetched before anything newer.
+    // What was published while this node was away is fetched before anything newer, and
+    // resumes asked for meanwhile are answered after it.
     if ordered {
         let followed: Vec<String> = lock_positions(&work.positions).keys().cloned().collect();
         let caught_up = catch_up(shared, remote, &work.positions, &mut publisher, &followed);
         if let Err(error) = caught_up.await {
+            return error;
+        }
+        if let Err(error) = answer(shared, &mut publisher, &mut work.resumes).await {
             return error;
         }
     }
@@ -586,6 +601,7 @@ async fn session(
         interests,
         topics,
         positions,
+        resumes,
     } = work;
     let publish = publish_loop(shared, publishes, publisher.clone(), script.as_deref());
     let receive = receive_loop(shared, remote, &mut pushes, positions, publisher.clone());
@@ -596,6 +612,7 @@ async fn session(
             topics,
             positions,
             interests,
+            resumes,
         },
         [subscriber.clone(), publisher.clone()],
     );
@@ -606,11 +623,15 @@ async fn session(
     }
 }
 
-/// Opens both connections and subscribes to `topics`.
+/// Opens both connections and subscribes to `topics`. In ordered mode, `positions` are
+/// brought in line with the topics first: those the hub let go of while Redis was away
+/// are forgotten, and those it asked for meanwhile are read before they are subscribed
+/// to, as a join is, so that catching up fetches what comes between.
 async fn connect(
     shared: &Arc<Shared>,
     pushes: mpsc::Sender<PushInfo>,
     topics: &HashSet<String>,
+    positions: Option<&Positions>,
 ) -> redis::RedisResult<(MultiplexedConnection, MultiplexedConnection)> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(shared.timeout))
@@ -621,7 +642,19 @@ async fn connect(
             .publisher
             .get_multiplexed_async_connection_with_config(&config),
     );
-    let publisher = publisher.await?;
+    let mut publisher = publisher.await?;
+    if let Some(positions) = positions {
+        let joined: Vec<&str> = {
+            let mut known = lock_positions(positions);
+            known.retain(|topic, _| topics.contains(topic));
+            topics
+                .iter()
+                .filter(|topic| !known.contains_key(*topic))
+                .map(String::as_str)
+                .collect()
+        };
+        read_positions(shared, &mut publisher, positions, &joined).await?;
+    }
     // The server's pushes are handed over as they are read; what does not fit the queue
     // is counted, not buffered.
     let counted = Arc::clone(shared);
@@ -756,6 +789,7 @@ struct Batch<'a> {
     topics: &'a mut HashSet<String>,
     positions: &'a Positions,
     interests: &'a mut mpsc::UnboundedReceiver<Interest>,
+    resumes: &'a mut VecDeque<Resume>,
 }
 
 /// PINGs both connections every ping interval: one that gets no answer within the
@@ -795,22 +829,17 @@ async fn follow_batch(
         topics,
         positions,
         interests,
+        resumes,
     } = work;
     let waiting = std::iter::from_fn(|| interests.try_recv().ok()).take(INTEREST_BATCH);
     let mut was_listening = HashMap::new();
-    let mut wanted = Vec::new();
     for interest in std::iter::once(first).chain(waiting) {
-        let topic = match &interest {
-            Interest::Subscribe(topic) | Interest::Unsubscribe(topic) => topic,
-            Interest::History { .. } => {
-                wanted.push(interest);
-                continue;
-            }
-        };
-        was_listening
-            .entry(topic.clone())
-            .or_insert_with(|| topics.contains(topic));
-        follow(topics, interest);
+        if let Interest::Subscribe(topic) | Interest::Unsubscribe(topic) = &interest {
+            was_listening
+                .entry(topic.clone())
+                .or_insert_with(|| topics.contains(topic));
+        }
+        follow(topics, resumes, interest);
     }
     let (mut join, mut leave) = (Vec::new(), Vec::new());
     for (topic, was) in was_listening {
@@ -824,11 +853,7 @@ async fn follow_batch(
     if !join.is_empty() {
         if ordered {
             let names: Vec<&str> = join.iter().map(String::as_str).collect();
-            let found = stand(shared, reader, &names).await?;
-            let mut known = lock_positions(positions);
-            for (topic, position) in join.iter().zip(found) {
-                known.entry(topic.clone()).or_insert(position);
-            }
+            read_positions(shared, reader, positions, &names).await?;
         }
         let channels: Vec<String> = join.iter().map(|topic| shared.channel(topic)).collect();
         shared
@@ -855,17 +880,26 @@ async fn follow_batch(
         .counters
         .subscribed
         .store(topics.len(), Ordering::Release);
-    for interest in wanted {
-        if let Interest::History {
-            topic,
-            epoch,
-            at,
-            reply,
-        } = interest
-        {
-            let history = history(shared, reader, &topic, &epoch, at).await?;
-            // A subscriber that left meanwhile does not need it.
-            let _ = reply.send(history);
+    answer(shared, reader, resumes).await
+}
+
+/// Answers the waiting resumes from the history, oldest first. One that Redis does not
+/// answer waits, with those after it, for the next connection.
+async fn answer(
+    shared: &Shared,
+    reader: &mut MultiplexedConnection,
+    resumes: &mut VecDeque<Resume>,
+) -> redis::RedisResult<()> {
+    while let Some(resume) = resumes.front() {
+        // A subscriber that left meanwhile does not need it.
+        if !resume.reply.is_closed() {
+            let history = history(shared, reader, &resume.topic, &resume.epoch, resume.at);
+            let history = history.await?;
+            if let Some(resume) = resumes.pop_front() {
+                let _ = resume.reply.send(history);
+            }
+        } else {
+            resumes.pop_front();
         }
     }
     Ok(())
@@ -920,13 +954,24 @@ async fn history(
     Ok(History::new(events, lost))
 }
 
-fn follow(topics: &mut HashSet<String>, interest: Interest) {
+/// Takes `interest` into the topics the hub wants, or the resumes waiting for Redis.
+fn follow(topics: &mut HashSet<String>, resumes: &mut VecDeque<Resume>, interest: Interest) {
     match interest {
-        Interest::Subscribe(topic) => topics.insert(topic),
-        Interest::Unsubscribe(topic) => topics.remove(&topic),
-        // Unanswered while Redis is away: the resume is told of a loss.
-        Interest::History { .. } => false,
-    };
+        Interest::Subscribe(topic) => {
+            topics.insert(topic);
+        }
+        Interest::Unsubscribe(topic) => {
+            topics.remove(&topic);
+        }
+        Interest::History(resume) => {
+            // Through a long outage clients come and go: before the queue grows, those
+            // whose subscriber has left go.
+            if resumes.len() == resumes.capacity() {
+                resumes.retain(|waiting| !waiting.reply.is_closed());
+            }
+            resumes.push_back(resume);
+        }
+    }
 }
 
 /// The topic and payload of a message from Redis. Other pushes (subscription
@@ -1213,6 +1258,22 @@ async fn stand(
         }));
     }
     Ok(found)
+}
+
+/// Starts following `topics` where Redis stands now, keeping the position of one followed
+/// already.
+async fn read_positions(
+    shared: &Shared,
+    reader: &mut MultiplexedConnection,
+    positions: &Positions,
+    topics: &[&str],
+) -> redis::RedisResult<()> {
+    let found = stand(shared, reader, topics).await?;
+    let mut known = lock_positions(positions);
+    for (topic, position) in topics.iter().zip(found) {
+        known.entry((*topic).to_owned()).or_insert(position);
+    }
+    Ok(())
 }
 
 /// Brings this node's positions in `topics` up to where Redis stands: delivers what each
