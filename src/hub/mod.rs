@@ -38,7 +38,7 @@ mod subscription;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
@@ -442,7 +442,7 @@ impl Hub {
     /// history. Returns how many subscriptions were ended, not counting those that had
     /// ended already.
     pub fn disconnect(&self, topic: &str) -> usize {
-        let hash = self.inner.hasher.hash_one(topic);
+        let hash = self.inner.hash(topic);
         with_wake_list(|wake| {
             let state = lock(&self.inner.shard(hash).state);
             let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
@@ -462,7 +462,7 @@ impl Hub {
         topic: &str,
         start: impl FnOnce(&ChannelState) -> (u64, Resume),
     ) -> (Subscription, Resume) {
-        let hash = self.inner.hasher.hash_one(topic);
+        let hash = self.inner.hash(topic);
         let mut state = lock(&self.inner.shard(hash).state);
         if self.inner.closed.load(Ordering::Acquire) {
             drop(state);
@@ -577,7 +577,7 @@ impl HubCore {
         } else {
             None
         };
-        let hash = self.hasher.hash_one(topic);
+        let hash = self.hash(topic);
         let shard = self.shard(hash);
         if let Some(backplane) = backplane.filter(|_| self.ordered.load(Ordering::Acquire)) {
             // Delivered here too once it comes back, in the cluster's order.
@@ -612,7 +612,7 @@ impl HubCore {
     /// Marks a gap in `topic`'s ring, if this node knows the topic; returns how many
     /// subscribers it has.
     pub(crate) fn mark_lost(&self, topic: &str) -> usize {
-        let hash = self.hasher.hash_one(topic);
+        let hash = self.hash(topic);
         let (reached, _evicted) = with_wake_list(|wake| {
             let state = lock(&self.shard(hash).state);
             let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
@@ -680,6 +680,15 @@ impl HubCore {
         forgotten
     }
 
+    /// The hash of `topic`, keyed per hub: clients choose topic names, so the table must
+    /// not let them pick colliding ones. The name is the only thing hashed, written in one
+    /// go (SipHash counts its length in).
+    fn hash(&self, topic: &str) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(topic.as_bytes());
+        hasher.finish()
+    }
+
     /// The shard of a topic with this hash. The hash table inside the shard indexes by the
     /// low bits and tags by the top seven, so the shard is chosen by bits in between.
     fn shard(&self, hash: u64) -> &Shard {
@@ -703,12 +712,16 @@ fn with_wake_list<R>(f: impl FnOnce(&mut Vec<Waker>) -> R) -> R {
     thread_local! {
         static WAKE_LIST: std::cell::Cell<Vec<Waker>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    // Taken rather than borrowed: a waker may broadcast again on this thread.
-    let mut wake = WAKE_LIST.take();
-    let result = f(&mut wake);
-    wake.drain(..).for_each(Waker::wake);
-    WAKE_LIST.set(wake);
-    result
+    WAKE_LIST.with(|list| {
+        // Taken rather than borrowed: a waker may broadcast again on this thread.
+        let mut wake = list.take();
+        let result = f(&mut wake);
+        if !wake.is_empty() {
+            wake.drain(..).for_each(Waker::wake);
+        }
+        list.set(wake);
+        result
+    })
 }
 
 #[cfg(test)]
