@@ -839,6 +839,50 @@ async fn with_history_a_topic_joined_while_redis_is_away_is_caught_up_after_the_
     assert_eq!(b.backplane.stats().lost, 0);
 }
 
+/// A topic that a node's hub forgets and takes up again while the node is cut off from
+/// Redis starts afresh once the node is back: its new subscriber gets nothing published
+/// before it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_topic_left_and_joined_again_while_redis_is_away_starts_afresh() {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    let a = history_node(&redis, 16).await;
+    // B keeps no idle topic: one without subscribers is forgotten at once.
+    let backplane = watchful_backplane(&proxy.url());
+    let hub = Hub::builder()
+        .history(16)
+        .idle_topics(0)
+        .backplane(backplane.clone())
+        .build();
+    let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
+    let b = Node {
+        hub,
+        backplane,
+        addr,
+    };
+    let first = b.hub.subscribe("t");
+    wait_listening(&b, 1).await;
+    wait_until("A connected", || a.backplane.stats().connected).await;
+
+    cut_off(&proxy, &b).await;
+    drop(first);
+    let published = a.backplane.stats().published;
+    a.hub.broadcast("t", "before the join");
+    wait_until("it is in Redis", || {
+        a.backplane.stats().published == published + 1
+    })
+    .await;
+    let mut joined = b.hub.subscribe("t");
+    proxy.refuse(false);
+    wait_listening(&b, 1).await;
+    a.hub.broadcast("t", "after");
+    let item = next_item(&mut joined).await;
+    assert!(
+        item.starts_with("after@"),
+        "{item}: nothing from before the join"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_a_redis_that_lost_its_data_starts_a_new_epoch_and_says_lost() {
     let redis = Redis::start(None);

@@ -539,6 +539,10 @@ async fn run(
                     shared.counters.not_delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(interest) = work.interests.recv() => {
+                    // Forgotten: taken up again, it starts from where Redis stands then.
+                    if let Interest::Unsubscribe(topic) = &interest {
+                        lock_positions(&work.positions).remove(topic);
+                    }
                     follow(&mut work.topics, &mut work.resumes, interest);
                 }
             }
