@@ -1,0 +1,197 @@
+//! The hub's burst beside `tokio::sync::broadcast`, as `cargo bench --bench hub` runs it,
+//! timed per burst and repeated in alternating rounds: for a ratio that the machine's
+//! noise moves a lot, a median over rounds, and where the time goes.
+//!
+//! ```sh
+//! cargo run --release --example hub_burst -- subscribers=1 bursts=20000 rounds=8
+//! ```
+//!
+//! Each round builds a two-worker runtime whose tasks subscribe, then a thread of its own
+//! broadcasts `bursts` bursts of 64 events of 64 bytes, each once the last has reached
+//! every subscriber. A round of the hub, then one of tokio, `rounds` times. For each it
+//! prints the deliveries per second, the time of a burst from its first broadcast until
+//! every subscriber holds it, and the part of that the publisher spent broadcasting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+use tower_fanout::{Event, Hub};
+
+const BURST: u64 = 64;
+const CAPACITY: usize = 256;
+
+struct Options {
+    subscribers: u64,
+    bursts: u64,
+    rounds: usize,
+}
+
+/// What one round measured.
+struct Round {
+    /// Deliveries per second, in millions.
+    rate: f64,
+    burst: Duration,
+    publishing: Duration,
+}
+
+/// Counts deliveries and says when a burst has reached everyone.
+struct Progress {
+    delivered: AtomicU64,
+    target: AtomicU64,
+    done: Mutex<mpsc::Sender<()>>,
+}
+
+impl Progress {
+    fn add(&self, count: u64) {
+        let total = self.delivered.fetch_add(count, Ordering::AcqRel) + count;
+        if total == self.target.load(Ordering::Acquire) {
+            let _ = self.done.lock().expect("not poisoned").send(());
+        }
+    }
+}
+
+/// Runs one round: `subscribe` starts the subscriber tasks, `publish` sends one event.
+fn round(
+    options: &Options,
+    subscribe: impl FnOnce(&tokio::runtime::Runtime, &Arc<Progress>),
+    publish: impl Fn(Event),
+) -> Result<Round, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (done, finished) = mpsc::channel();
+    let progress = Arc::new(Progress {
+        delivered: AtomicU64::new(0),
+        target: AtomicU64::new(u64::MAX),
+        done: Mutex::new(done),
+    });
+    subscribe(&runtime, &progress);
+    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+    let per_burst = options.subscribers * BURST;
+    let mut publishing = Duration::ZERO;
+    let start = Instant::now();
+    for _ in 0..options.bursts {
+        progress.delivered.store(0, Ordering::Release);
+        progress.target.store(per_burst, Ordering::Release);
+        let burst = Instant::now();
+        for _ in 0..BURST {
+            publish(Event::new(payload.clone()));
+        }
+        publishing += burst.elapsed();
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "a burst did not reach every subscriber within 30 s")?;
+    }
+    let elapsed = start.elapsed();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let bursts = u32::try_from(options.bursts)?;
+    Ok(Round {
+        rate: (per_burst * options.bursts) as f64 / elapsed.as_secs_f64() / 1e6,
+        burst: elapsed / bursts,
+        publishing: publishing / bursts,
+    })
+}
+
+fn hub_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
+    let hub = Hub::builder().buffer(CAPACITY).build();
+    let round = round(
+        options,
+        |runtime, progress| {
+            for _ in 0..options.subscribers {
+                let mut subscription = hub.subscribe("bench");
+                let progress = Arc::clone(progress);
+                runtime.spawn(async move {
+                    let mut batch = Vec::with_capacity(CAPACITY);
+                    while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
+                        batch.clear();
+                        progress.add(count as u64);
+                    }
+                });
+            }
+        },
+        |event| {
+            std::hint::black_box(hub.broadcast("bench", event));
+        },
+    );
+    hub.close();
+    round
+}
+
+fn tokio_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
+    let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
+    round(
+        options,
+        |runtime, progress| {
+            for _ in 0..options.subscribers {
+                let mut receiver = sender.subscribe();
+                let progress = Arc::clone(progress);
+                runtime.spawn(async move {
+                    while receiver.recv().await.is_ok() {
+                        let mut count = 1;
+                        while receiver.try_recv().is_ok() {
+                            count += 1;
+                        }
+                        progress.add(count);
+                    }
+                });
+            }
+        },
+        |event| {
+            std::hint::black_box(sender.send(Arc::new(event)).ok());
+        },
+    )
+}
+
+fn parse() -> Result<Options, Box<dyn std::error::Error>> {
+    let mut options = Options {
+        subscribers: 1,
+        bursts: 20_000,
+        rounds: 8,
+    };
+    for argument in std::env::args().skip(1) {
+        let (name, value) = argument
+            .split_once('=')
+            .ok_or_else(|| format!("{argument}: expected name=value"))?;
+        match name {
+            "subscribers" => options.subscribers = value.parse()?,
+            "bursts" => options.bursts = value.parse()?,
+            "rounds" => options.rounds = value.parse()?,
+            _ => return Err(format!("unknown option {name}").into()),
+        }
+    }
+    if options.subscribers == 0 || options.bursts == 0 || options.rounds == 0 {
+        return Err("subscribers, bursts and rounds must be at least 1".into());
+    }
+    Ok(options)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = parse()?;
+    println!(
+        "{} subscriber(s), {} bursts of {BURST} per round",
+        options.subscribers, options.bursts
+    );
+    let mut ratios = Vec::with_capacity(options.rounds);
+    for number in 1..=options.rounds {
+        let hub = hub_round(&options)?;
+        let tokio = tokio_round(&options)?;
+        let ratio = hub.rate / tokio.rate;
+        println!(
+            "round {number}: hub {:.2} M/s (burst {:.1} µs, publishing {:.1} µs)  \
+             tokio {:.2} M/s (burst {:.1} µs, publishing {:.1} µs)  {ratio:.2}x",
+            hub.rate,
+            hub.burst.as_secs_f64() * 1e6,
+            hub.publishing.as_secs_f64() * 1e6,
+            tokio.rate,
+            tokio.burst.as_secs_f64() * 1e6,
+            tokio.publishing.as_secs_f64() * 1e6,
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median ratio {:.2}x", ratios[ratios.len() / 2]);
+    Ok(())
+}
