@@ -927,6 +927,81 @@ async fn with_history_a_redis_that_lost_its_data_starts_a_new_epoch_and_says_los
     assert_eq!(next_item(&mut resumed).await, format!("two@{new_id}"));
 }
 
+/// A resume that waits for Redis through a restart that lost Redis' data is told of the
+/// loss once: by the history's answer, not again by the gap that the node marks for its
+/// own subscribers as it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_resume_waiting_through_a_restart_that_lost_data_is_told_once() {
+    for published_before_the_answer in [false, true] {
+        let redis = Redis::start(None);
+        let proxy = Proxy::start(&redis).await;
+        let a = history_node(&redis, 16).await;
+        // B holds the last two events of a topic, so an older id needs Redis.
+        let backplane = RedisBackplane::new(&proxy.url()).expect("a redis URL");
+        let hub = Hub::builder()
+            .history(2)
+            .buffer(2)
+            .backplane(backplane.clone())
+            .build();
+        let mut staying = hub.subscribe("t");
+        let b = Node {
+            addr: serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await,
+            hub,
+            backplane,
+        };
+        wait_listening(&b, 1).await;
+        wait_until("A connected", || a.backplane.stats().connected).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            a.hub.broadcast("t", format!("e{i}"));
+            let item = next_item(&mut staying).await;
+            let id = item.strip_prefix(&format!("e{i}@")).expect("in order");
+            ids.push(id.to_owned());
+        }
+        let old_id = &ids[0];
+
+        let port = redis.stop();
+        wait_until("both noticed", || {
+            !a.backplane.stats().connected && !b.backplane.stats().connected
+        })
+        .await;
+        let (mut resumed, _) = b.hub.resume("t", old_id);
+        // The new epoch's first event reaches Redis before B is back, or after.
+        let a_back = || a.backplane.stats().connected;
+        proxy.refuse(published_before_the_answer);
+        let _redis = Redis::start(Some(port));
+        if published_before_the_answer {
+            wait_until("A is back", a_back).await;
+            let published = a.backplane.stats().published;
+            a.hub.broadcast("t", "new");
+            wait_until("it is in Redis", || {
+                a.backplane.stats().published == published + 1
+            })
+            .await;
+            proxy.refuse(false);
+        }
+        wait_until("both are back", || {
+            a_back() && b.backplane.stats().connected
+        })
+        .await;
+        wait_listening(&b, 1).await;
+        if !published_before_the_answer {
+            a.hub.broadcast("t", "new");
+        }
+        assert_eq!(next_item(&mut staying).await, "lost");
+        assert!(next_item(&mut staying).await.starts_with("new@"));
+        assert_eq!(next_item(&mut resumed).await, "lost");
+        let next = next_item(&mut resumed).await;
+        assert!(
+            next.starts_with("new@"),
+            "{next}: one loss, then what followed"
+        );
+        a.hub.broadcast("t", "newer");
+        let newer = next_item(&mut resumed).await;
+        assert!(newer.starts_with("newer@"), "{newer}: nothing twice");
+    }
+}
+
 /// A client that hops from node to node, each time resuming with the last id it got:
 /// `Sse` by `Last-Event-ID`, `Protocol` by a subscribe's `since`.
 #[derive(Clone, Copy)]

@@ -267,6 +267,15 @@ impl ChannelState {
         }
     }
 
+    /// The gap at `cursor`, when the next thing there is one.
+    pub(super) fn gap_at(&self, cursor: u64) -> Option<Gap<'_>> {
+        let index = usize::try_from(cursor.checked_sub(self.oldest())?).ok()?;
+        let slot = self.ring.get(index)?;
+        Arc::ptr_eq(&slot.event, gap()).then(|| Gap {
+            then: self.ring.get(index + 1).map(|slot| &*slot.event),
+        })
+    }
+
     /// Forgets a subscriber at `cursor`, which has `ended` already or not: the events it
     /// has not read are no longer held for it. Returns how many events it had lost to the
     /// ring without noticing.
@@ -323,6 +332,12 @@ fn gap() -> &'static Arc<Event> {
 /// Slots an emptied ring keeps allocated, so that a steady trickle of events does not
 /// allocate for each one.
 const IDLE_RING_CAPACITY: usize = 8;
+
+/// A gap in a ring, seen from a cursor at it.
+pub(super) struct Gap<'a> {
+    /// What follows it, if anything does yet: a gap, or an event.
+    pub(super) then: Option<&'a Event>,
+}
 
 /// An event in the ring and how many current subscribers have yet to read it.
 struct Slot {

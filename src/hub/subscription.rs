@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::sync::oneshot;
 
-use super::channel::{Channel, Read, Registration};
+use super::channel::{Channel, Gap, Read, Registration};
 use super::{CloseReason, Hub, LagPolicy, lock};
 use crate::Event;
 use crate::backplane::History;
@@ -47,6 +47,11 @@ struct Backfill {
     events: VecDeque<Arc<Event>>,
     /// Whether to report a loss before the events.
     lost: bool,
+    /// Whether the answer told of a loss: the ring's gaps that stand for that same loss
+    /// are skipped.
+    told_lost: bool,
+    /// Whether the answer held no event.
+    held_none: bool,
     /// The epoch and position of the last event the history held (or of the resume
     /// point): ring events of that epoch up to it are skipped.
     through: Option<(String, u64)>,
@@ -134,6 +139,8 @@ impl Subscription {
             pending: Some(history),
             events: VecDeque::new(),
             lost: false,
+            told_lost: false,
+            held_none: false,
             through: position(after).map(|(epoch, at)| (epoch.to_owned(), at)),
         }));
     }
@@ -230,6 +237,8 @@ impl Subscription {
                     .unwrap_or_else(|_| History::new(Vec::new(), true));
                 backfill.pending = None;
                 backfill.lost = history.lost;
+                backfill.told_lost = history.lost;
+                backfill.held_none = history.events.is_empty();
                 if let Some((epoch, at)) = history
                     .events
                     .last()
@@ -254,22 +263,42 @@ impl Subscription {
             self.closed = Some(CloseReason::Disconnected);
             return Poll::Ready(Err(RecvError::Closed(CloseReason::Disconnected)));
         }
-        let read = match self
-            .backfill
-            .as_ref()
-            .and_then(|backfill| backfill.through.as_ref())
-        {
+        let stitch = self.backfill.as_ref().and_then(|backfill| {
+            let (epoch, through) = backfill.through.as_ref()?;
+            Some((epoch, *through, backfill.told_lost, backfill.held_none))
+        });
+        let read = match stitch {
             None => channel.read(&mut self.cursor, limit, deliver),
-            Some((epoch, through)) => {
+            Some((epoch, through, told_lost, held_none)) => {
+                // A gap the node marked for its own subscribers (it lost events of the
+                // topic, or came back from an outage) stands for events the history's
+                // answer covers when what follows it follows that answer: the next
+                // position of its epoch, or, when the answer held nothing and told of a
+                // loss, the start of a new epoch. It is skipped, not told of twice.
+                let follows_answer = |next: &Event| {
+                    next.event_id().and_then(position).is_some_and(|(of, at)| {
+                        (of == epoch && at <= through + 1)
+                            || (told_lost && held_none && of != epoch && at == 1)
+                    })
+                };
                 // What the history held is skipped; past it, the stitch is done.
                 let (mut passed, mut skipped) = (false, 0);
                 let read = loop {
+                    match channel.gap_at(self.cursor) {
+                        Some(Gap { then: Some(next) }) if follows_answer(next) => {
+                            let _ = channel.read(&mut self.cursor, 1, |_| {});
+                            continue;
+                        }
+                        // What follows decides; the client knows of a loss already.
+                        Some(Gap { then: None }) if told_lost => break Read::Empty,
+                        _ => {}
+                    }
                     let read = channel.read(&mut self.cursor, limit, |event| {
                         let held = !passed
                             && event
                                 .event_id()
                                 .and_then(position)
-                                .is_some_and(|(of, at)| of == epoch && at <= *through);
+                                .is_some_and(|(of, at)| of == epoch && at <= through);
                         if held {
                             skipped += 1;
                         } else {
