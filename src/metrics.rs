@@ -28,7 +28,7 @@
 //! | `fanout_topics`, `fanout_idle_topics`, `fanout_subscriptions` | gauge | |
 //! | `fanout_broadcasts_total`, `fanout_deliveries_total` | counter | |
 //! | `fanout_lagged_events_total`, `fanout_lag_disconnects_total` | counter | |
-//! | `fanout_backplane_connected`, `fanout_backplane_topics` | gauge | |
+//! | `fanout_backplane_connected`, `fanout_backplane_topics`, `fanout_backplane_waiting_resumes` | gauge | |
 //! | `fanout_backplane_published_total`, `_not_delivered_total`, `_received_total`, `_dropped_total`, `_lost_total`, `_reconnects_total` | counter | |
 
 #[cfg(feature = "metrics")]
@@ -121,6 +121,7 @@ pub fn record_redis(backplane: &crate::backplane::RedisBackplane) {
     let stats = backplane.stats();
     gauge!("fanout_backplane_connected").set(if stats.connected { 1.0 } else { 0.0 });
     gauge!("fanout_backplane_topics").set(stats.subscribed_topics as f64);
+    gauge!("fanout_backplane_waiting_resumes").set(stats.waiting_resumes as f64);
     counter!("fanout_backplane_published_total").absolute(stats.published);
     counter!("fanout_backplane_not_delivered_total").absolute(stats.not_delivered);
     counter!("fanout_backplane_received_total").absolute(stats.received);

@@ -794,12 +794,17 @@ async fn with_history_a_resume_asked_while_redis_is_away_is_answered_once_it_is_
     let two = next_item(&mut on_a).await;
     let id = one.strip_prefix("one@").expect("one");
     let (mut resumed, _) = b.hub.resume("t", id);
+    wait_until("the resume waits for Redis", || {
+        b.backplane.stats().waiting_resumes == 1
+    })
+    .await;
     proxy.refuse(false);
     assert_eq!(next_item(&mut resumed).await, two, "no loss, nothing twice");
     a.hub.broadcast("t", "three");
     let three = next_item(&mut resumed).await;
     assert!(three.starts_with("three@"), "{three}");
-    assert_eq!(b.backplane.stats().lost, 0);
+    let stats = b.backplane.stats();
+    assert_eq!((stats.lost, stats.waiting_resumes), (0, 0));
 }
 
 /// A topic that a node's hub asks for while the node is cut off from Redis is followed as

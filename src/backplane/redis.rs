@@ -215,6 +215,7 @@ struct Counters {
     reconnects: AtomicU64,
     subscribed: AtomicUsize,
     lost: AtomicU64,
+    waiting_resumes: AtomicUsize,
 }
 
 enum Interest {
@@ -260,6 +261,9 @@ pub struct RedisStats {
     /// Redis (events trimmed away, or lost with Redis' data); each was announced to the
     /// topic's subscribers here with `lost`.
     pub lost: u64,
+    /// With history: resumes waiting for Redis to answer them from the cluster's history,
+    /// asked for while it was away; each is answered once the node is back.
+    pub waiting_resumes: usize,
 }
 
 impl RedisBackplane {
@@ -306,6 +310,7 @@ impl RedisBackplane {
             reconnects: c.reconnects.load(Ordering::Relaxed),
             subscribed_topics: c.subscribed.load(Ordering::Acquire),
             lost: c.lost.load(Ordering::Relaxed),
+            waiting_resumes: c.waiting_resumes.load(Ordering::Relaxed),
         }
     }
 }
@@ -544,6 +549,7 @@ async fn run(
                         lock_positions(&work.positions).remove(topic);
                     }
                     follow(&mut work.topics, &mut work.resumes, interest);
+                    shared.counters.waiting_resumes.store(work.resumes.len(), Ordering::Relaxed);
                 }
             }
         }
@@ -905,6 +911,10 @@ async fn answer(
         } else {
             resumes.pop_front();
         }
+        shared
+            .counters
+            .waiting_resumes
+            .store(resumes.len(), Ordering::Relaxed);
     }
     Ok(())
 }
