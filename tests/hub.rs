@@ -450,3 +450,163 @@ async fn lag_is_per_topic() {
     assert_eq!(next(&mut subscriber).await, "fast still");
     assert_eq!(hub.stats().lag_disconnects, 1);
 }
+
+/// A backplane that keeps the cluster's history as the test scripts it: the test
+/// delivers events and marks gaps through the hub's [`Remote`], and answers each resume
+/// that asks for the history when it chooses.
+#[derive(Clone, Default)]
+struct Scripted {
+    remote: Arc<std::sync::Mutex<Option<tower_fanout::backplane::Remote>>>,
+    asked:
+        Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<tower_fanout::backplane::History>>>>,
+}
+
+impl tower_fanout::backplane::Backplane for Scripted {
+    fn start(&self, remote: tower_fanout::backplane::Remote) {
+        *self.remote.lock().expect("not poisoned") = Some(remote);
+    }
+    fn publish(&self, _: &str, _: &Arc<Event>) {}
+    fn subscribe(&self, _: &str) {}
+    fn unsubscribe(&self, _: &str) {}
+    fn history(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<tower_fanout::backplane::History>> {
+        let (answer, asked) = tokio::sync::oneshot::channel();
+        self.asked.lock().expect("not poisoned").push(answer);
+        Some(asked)
+    }
+    fn delivers_own(&self) -> bool {
+        true
+    }
+}
+
+impl Scripted {
+    fn remote(&self) -> tower_fanout::backplane::Remote {
+        self.remote
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .expect("started")
+    }
+
+    /// Answers the oldest resume waiting for the history.
+    fn answer(&self, events: &[&str], lost: bool) {
+        let events = events.iter().map(|id| event_at(id)).collect();
+        let answer = self.asked.lock().expect("not poisoned").remove(0);
+        let _ = answer.send(tower_fanout::backplane::History::new(events, lost));
+    }
+}
+
+/// An event whose data is its id, `EPOCH-POSITION`.
+fn event_at(id: &str) -> Event {
+    Event::new(id.to_owned()).id(id).expect("a valid id")
+}
+
+/// What `subscription` holds now, in order, until nothing more is there: each event's
+/// data, `lost` for a loss.
+fn drain_now(subscription: &mut Subscription) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..1_000 {
+        match poll_once(subscription) {
+            Poll::Ready(Ok(event)) => seen.push(data(&event).to_owned()),
+            Poll::Ready(Err(RecvError::Lost)) => seen.push("lost".to_owned()),
+            Poll::Ready(Err(other)) => panic!("unexpected {other}"),
+            Poll::Pending => return seen,
+        }
+    }
+    panic!("more than 1 000 items");
+}
+
+/// A resume served from the cluster's history meets, in the node's ring, a gap the node
+/// marked itself: skipped when what follows it follows the history's answer (the loss, if
+/// any, was told by the answer), told when events after the answer are missing.
+#[test]
+fn a_gap_the_history_answer_covers_is_not_told_twice_and_one_it_does_not_is_told() {
+    /// What the history answers, what the node's ring holds past the resume, and what
+    /// the resumed subscription must get.
+    struct Case {
+        name: &'static str,
+        answer: &'static [&'static str],
+        lost: bool,
+        ring: &'static [&'static str],
+        expected: &'static [&'static str],
+    }
+    let cases = [
+        // A new epoch, the answer holding nothing of it: the gap is the loss it told.
+        Case {
+            name: "new epoch, answer empty",
+            answer: &[],
+            lost: true,
+            ring: &["gap", "e2-1"],
+            expected: &["lost", "e2-1"],
+        },
+        // The answer holds the new epoch's start; the ring repeats it after its gap.
+        Case {
+            name: "new epoch, answer holds its start",
+            answer: &["e2-1", "e2-2"],
+            lost: true,
+            ring: &["gap", "e2-1", "e2-2", "e2-3"],
+            expected: &["lost", "e2-1", "e2-2", "e2-3"],
+        },
+        // No loss in the answer, and the gap hides e1-3 and e1-4, which follow it.
+        Case {
+            name: "events after the answer missing",
+            answer: &["e1-2"],
+            lost: false,
+            ring: &["gap", "e1-5"],
+            expected: &["e1-2", "lost", "e1-5"],
+        },
+        // The answer told of a loss and ends at e2-1; the gap hides e2-2.
+        Case {
+            name: "a later gap after a loss",
+            answer: &["e2-1"],
+            lost: true,
+            ring: &["gap", "e2-3"],
+            expected: &["lost", "e2-1", "lost", "e2-3"],
+        },
+    ];
+    for case in cases {
+        let backplane = Scripted::default();
+        let hub = Hub::builder()
+            .history(16)
+            .backplane(backplane.clone())
+            .build();
+        let (mut resumed, _) = hub.resume("t", "e1-1");
+        let remote = backplane.remote();
+        for item in case.ring {
+            if *item == "gap" {
+                remote.lost("t");
+            } else {
+                remote.deliver("t", event_at(item));
+            }
+        }
+        backplane.answer(case.answer, case.lost);
+        assert_eq!(drain_now(&mut resumed), case.expected, "{}", case.name);
+    }
+}
+
+/// A gap with nothing after it yet, once the answer has told of a loss: what follows
+/// decides, so nothing more is told until it comes.
+#[test]
+fn a_gap_after_a_told_loss_waits_for_what_follows() {
+    let backplane = Scripted::default();
+    let hub = Hub::builder()
+        .history(16)
+        .backplane(backplane.clone())
+        .build();
+    let (mut resumed, _) = hub.resume("t", "e1-1");
+    let remote = backplane.remote();
+    remote.lost("t");
+    backplane.answer(&[], true);
+    assert_eq!(drain_now(&mut resumed), ["lost"]);
+    remote.deliver("t", event_at("e2-1"));
+    assert_eq!(
+        drain_now(&mut resumed),
+        ["e2-1"],
+        "the gap was the loss told"
+    );
+    remote.deliver("t", event_at("e2-2"));
+    assert_eq!(drain_now(&mut resumed), ["e2-2"]);
+}
