@@ -227,7 +227,6 @@ enum Interest {
 }
 
 /// A resume waiting for Redis: the events of `topic` after `at` of `epoch`.
-#[derive(Debug)]
 struct Resume {
     topic: String,
     epoch: String,
@@ -902,14 +901,13 @@ async fn answer(
 ) -> redis::RedisResult<()> {
     while let Some(resume) = resumes.front() {
         // A subscriber that left meanwhile does not need it.
-        if !resume.reply.is_closed() {
-            let history = history(shared, reader, &resume.topic, &resume.epoch, resume.at);
-            let history = history.await?;
-            if let Some(resume) = resumes.pop_front() {
-                let _ = resume.reply.send(history);
-            }
+        let history = if resume.reply.is_closed() {
+            None
         } else {
-            resumes.pop_front();
+            Some(history(shared, reader, &resume.topic, &resume.epoch, resume.at).await?)
+        };
+        if let (Some(resume), Some(history)) = (resumes.pop_front(), history) {
+            let _ = resume.reply.send(history);
         }
         shared
             .counters
