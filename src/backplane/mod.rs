@@ -74,8 +74,13 @@ pub trait Backplane: Send + Sync + 'static {
     /// next, skipping what both hold. `None` when the backplane keeps no history or
     /// `after` is not one of its ids; the resume is then incomplete. The answer must
     /// come after this node follows the topic (the [`subscribe`](Self::subscribe) that
-    /// precedes the call for a topic new here), so that nothing falls between.
-    /// Default: `None`.
+    /// precedes the call for a topic new here), so that nothing falls between; it may
+    /// wait, while the backplane is cut off from its engine, until it can be given.
+    ///
+    /// Ids are `EPOCH-POSITION`, positions counting from 1 in each epoch: a gap marked
+    /// with [`Remote::lost`] and followed by the position after the answer's last event
+    /// (or, after an answer that held nothing and told of a loss, by a new epoch's first
+    /// position) is the loss the answer told of, and is not told again. Default: `None`.
     fn history(&self, topic: &str, after: &str) -> Option<oneshot::Receiver<History>> {
         let _ = (topic, after);
         None
