@@ -483,12 +483,17 @@ impl tower_fanout::backplane::Backplane for Scripted {
 }
 
 impl Scripted {
-    fn remote(&self) -> tower_fanout::backplane::Remote {
-        self.remote
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .expect("started")
+    /// A hub keeping history through a new scripted backplane, a subscription resuming
+    /// there after `e1-1`, which waits for the answer, and the hub's remote.
+    fn resumed() -> (Self, Hub, Subscription, tower_fanout::backplane::Remote) {
+        let backplane = Self::default();
+        let hub = Hub::builder()
+            .history(16)
+            .backplane(backplane.clone())
+            .build();
+        let (resumed, _) = hub.resume("t", "e1-1");
+        let remote = backplane.remote.lock().expect("not poisoned").clone();
+        (backplane, hub, resumed, remote.expect("started"))
     }
 
     /// Answers the oldest resume waiting for the history.
@@ -568,13 +573,7 @@ fn a_gap_the_history_answer_covers_is_not_told_twice_and_one_it_does_not_is_told
         },
     ];
     for case in cases {
-        let backplane = Scripted::default();
-        let hub = Hub::builder()
-            .history(16)
-            .backplane(backplane.clone())
-            .build();
-        let (mut resumed, _) = hub.resume("t", "e1-1");
-        let remote = backplane.remote();
+        let (backplane, _hub, mut resumed, remote) = Scripted::resumed();
         for item in case.ring {
             if *item == "gap" {
                 remote.lost("t");
@@ -591,13 +590,7 @@ fn a_gap_the_history_answer_covers_is_not_told_twice_and_one_it_does_not_is_told
 /// decides, so nothing more is told until it comes.
 #[test]
 fn a_gap_after_a_told_loss_waits_for_what_follows() {
-    let backplane = Scripted::default();
-    let hub = Hub::builder()
-        .history(16)
-        .backplane(backplane.clone())
-        .build();
-    let (mut resumed, _) = hub.resume("t", "e1-1");
-    let remote = backplane.remote();
+    let (backplane, _hub, mut resumed, remote) = Scripted::resumed();
     remote.lost("t");
     backplane.answer(&[], true);
     assert_eq!(drain_now(&mut resumed), ["lost"]);

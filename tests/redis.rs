@@ -33,10 +33,12 @@ async fn node_on(backplane: RedisBackplane) -> Node {
 
 /// A node whose hub keeps `history` events per topic: the cluster's history, in Redis.
 async fn node_keeping(backplane: RedisBackplane, history: usize) -> Node {
-    let hub = Hub::builder()
-        .history(history)
-        .backplane(backplane.clone())
-        .build();
+    node_built(Hub::builder().history(history), backplane).await
+}
+
+/// A node whose hub is `builder`'s, through `backplane`.
+async fn node_built(builder: tower_fanout::HubBuilder, backplane: RedisBackplane) -> Node {
+    let hub = builder.backplane(backplane.clone()).build();
     let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
     Node {
         hub,
@@ -853,18 +855,11 @@ async fn with_history_a_topic_left_and_joined_again_while_redis_is_away_starts_a
     let proxy = Proxy::start(&redis).await;
     let a = history_node(&redis, 16).await;
     // B keeps no idle topic: one without subscribers is forgotten at once.
-    let backplane = watchful_backplane(&proxy.url());
-    let hub = Hub::builder()
-        .history(16)
-        .idle_topics(0)
-        .backplane(backplane.clone())
-        .build();
-    let addr = serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await;
-    let b = Node {
-        hub,
-        backplane,
-        addr,
-    };
+    let b = node_built(
+        Hub::builder().history(16).idle_topics(0),
+        watchful_backplane(&proxy.url()),
+    )
+    .await;
     let first = b.hub.subscribe("t");
     wait_listening(&b, 1).await;
     wait_until("A connected", || a.backplane.stats().connected).await;
@@ -942,18 +937,12 @@ async fn with_history_a_resume_waiting_through_a_restart_that_lost_data_is_told_
         let proxy = Proxy::start(&redis).await;
         let a = history_node(&redis, 16).await;
         // B holds the last two events of a topic, so an older id needs Redis.
-        let backplane = RedisBackplane::new(&proxy.url()).expect("a redis URL");
-        let hub = Hub::builder()
-            .history(2)
-            .buffer(2)
-            .backplane(backplane.clone())
-            .build();
-        let mut staying = hub.subscribe("t");
-        let b = Node {
-            addr: serve_hyper(StreamLayer::new(hub.clone()).layer(Inner)).await,
-            hub,
-            backplane,
-        };
+        let b = node_built(
+            Hub::builder().history(2).buffer(2),
+            RedisBackplane::new(&proxy.url()).expect("a redis URL"),
+        )
+        .await;
+        let mut staying = b.hub.subscribe("t");
         wait_listening(&b, 1).await;
         wait_until("A connected", || a.backplane.stats().connected).await;
         let mut ids = Vec::new();
