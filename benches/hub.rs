@@ -5,7 +5,9 @@
 //! `cargo bench --bench hub` runs both groups:
 //! - `fanout/*/{1,100,10000}`: bursts of events to one topic whose subscribers are tasks on
 //!   a two-worker runtime, draining; an iteration ends when every subscriber has received
-//!   the whole burst. Throughput is in deliveries.
+//!   the whole burst. Throughput is in deliveries. `hub` broadcasts by the topic's name,
+//!   `hub_publisher` through a [`Publisher`](tower_fanout::Publisher) of it, as tokio's
+//!   sender is one of its channel.
 //! - `many_topics/idle/*/{16,256}`: two threads broadcasting round-robin over 10 000
 //!   distinct topics, each with one subscriber that never reads, with rings of 16 and of
 //!   256 events. Throughput is in broadcasts.
@@ -90,32 +92,43 @@ fn fanout(c: &mut Criterion) {
     for subscribers in [1u64, 100, 10_000] {
         group.throughput(Throughput::Elements(subscribers * BURST));
 
-        group.bench_function(BenchmarkId::new("hub", subscribers), |b| {
-            let rt = runtime();
-            let hub = Hub::builder().buffer(CAPACITY).build();
-            let (progress, finished) = Progress::new();
-            for _ in 0..subscribers {
-                let mut subscription = hub.subscribe("bench");
-                let progress = Arc::clone(&progress);
-                rt.spawn(async move {
-                    let mut batch = Vec::with_capacity(CAPACITY);
-                    while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
-                        batch.clear();
-                        progress.add(count as u64);
-                    }
+        // By the topic's name, and through a publisher of the topic, the counterpart of
+        // tokio's sender.
+        for by_publisher in [false, true] {
+            let name = if by_publisher { "hub_publisher" } else { "hub" };
+            group.bench_function(BenchmarkId::new(name, subscribers), |b| {
+                let rt = runtime();
+                let hub = Hub::builder().buffer(CAPACITY).build();
+                let publisher = hub.publisher("bench");
+                let (progress, finished) = Progress::new();
+                for _ in 0..subscribers {
+                    let mut subscription = hub.subscribe("bench");
+                    let progress = Arc::clone(&progress);
+                    rt.spawn(async move {
+                        let mut batch = Vec::with_capacity(CAPACITY);
+                        while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
+                            batch.clear();
+                            progress.add(count as u64);
+                        }
+                    });
+                }
+                let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+                b.iter_custom(|iters| {
+                    progress.run(&finished, iters, subscribers * BURST, || {
+                        for _ in 0..BURST {
+                            let event = Event::new(payload.clone());
+                            black_box(if by_publisher {
+                                publisher.broadcast(event)
+                            } else {
+                                hub.broadcast("bench", event)
+                            });
+                        }
+                    })
                 });
-            }
-            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-            b.iter_custom(|iters| {
-                progress.run(&finished, iters, subscribers * BURST, || {
-                    for _ in 0..BURST {
-                        black_box(hub.broadcast("bench", Event::new(payload.clone())));
-                    }
-                })
+                hub.close();
+                rt.shutdown_timeout(Duration::from_secs(5));
             });
-            hub.close();
-            rt.shutdown_timeout(Duration::from_secs(5));
-        });
+        }
 
         group.bench_function(BenchmarkId::new("tokio_broadcast", subscribers), |b| {
             let rt = runtime();

@@ -134,8 +134,8 @@ pub use body::ResponseBody;
 pub use event::{Event, InvalidEvent};
 pub use future::ResponseFuture;
 pub use hub::{
-    CloseReason, Hub, HubBuilder, LagPolicy, Lagged, RecvError, Resume, Stats, Subscriber,
-    Subscription,
+    CloseReason, Hub, HubBuilder, LagPolicy, Lagged, Publisher, RecvError, Resume, Stats,
+    Subscriber, Subscription,
 };
 pub use layer::StreamLayer;
 pub use reject::Rejection;

@@ -324,6 +324,39 @@ async fn the_last_reader_takes_each_event_from_the_ring_and_the_history_stays() 
     assert_eq!(data(&late.recv().await.expect("from the history")), "4");
 }
 
+/// A publisher holds nothing of its topic: it reaches the subscribers there are at each
+/// broadcast, through the topic being forgotten and made again, as `Hub::broadcast` does.
+#[tokio::test]
+async fn a_publisher_reaches_whoever_subscribes_at_each_broadcast() {
+    let hub = Hub::builder().history(2).idle_topics(0).build();
+    let publisher = hub.publisher("t");
+    assert_eq!(publisher.topic(), "t");
+    assert_eq!(publisher.broadcast("before anyone"), 0);
+    assert_eq!(hub.stats().topics, 0, "a publisher makes no topic");
+
+    let mut first = hub.subscribe("t");
+    assert_eq!(publisher.clone().broadcast("one"), 1);
+    assert_eq!(hub.broadcast("t", "two"), 1, "the same topic by name");
+    assert_eq!(data(&first.recv().await.expect("delivered")), "one");
+    let two = first.recv().await.expect("delivered");
+    assert_eq!(data(&two), "two");
+    assert!(two.event_id().is_some(), "ids given as to any broadcast");
+
+    // The topic is forgotten with its last subscriber, and made again by the next one.
+    drop(first);
+    assert_eq!(hub.stats().topics + hub.stats().idle_topics, 0);
+    assert_eq!(publisher.broadcast("to no one"), 0);
+    let mut second = hub.subscribe("t");
+    let mut other = hub.subscribe("u");
+    assert_eq!(publisher.broadcast("three"), 1, "only t's subscriber");
+    assert_eq!(data(&second.recv().await.expect("delivered")), "three");
+    assert!(poll_once(&mut other).is_pending(), "nothing for u");
+    assert_eq!(hub.stats().broadcasts, 5, "counted as broadcasts");
+
+    hub.close();
+    assert_eq!(publisher.broadcast("after close"), 0);
+}
+
 /// The next thing `subscriber` receives, as text: `topic data`, `topic lagged N`, or
 /// `topic closed`.
 async fn next(subscriber: &mut tower_fanout::Subscriber) -> String {

@@ -489,6 +489,29 @@ async fn a_runtime_subscribe_on_one_node_receives_what_another_publishes() {
     wait_listening(&b, 0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_reaches_the_subscribers_of_every_node() {
+    let redis = Redis::start(None);
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut here = a.hub.subscribe("t");
+    let mut sse = SseClient::connect(b.addr, "/?topic=t").await;
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
+
+    let publisher = a.hub.publisher("t");
+    for i in 0..3 {
+        assert_eq!(
+            publisher.broadcast(format!("p{i}")),
+            1,
+            "A's own subscriber"
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(recv_data(&mut here).await, format!("p{i}"));
+        assert_eq!(sse.next_event().await.data, format!("p{i}"));
+    }
+}
+
 /// A node of a cluster with its history in `redis`, `history` events per topic.
 async fn history_node(redis: &Redis, history: usize) -> Node {
     node_keeping(

@@ -130,7 +130,7 @@ impl Remote {
     pub fn deliver(&self, topic: &str, event: Event) -> usize {
         self.hub
             .upgrade()
-            .map_or(0, |hub| hub.take(topic, event, false))
+            .map_or(0, |hub| hub.take(topic, hub.hash(topic), event, false))
     }
 
     /// Marks a gap in `topic` on this node: events of it are missing here, which this

@@ -33,6 +33,7 @@
 //! ```
 
 mod channel;
+mod publisher;
 mod subscriber;
 mod subscription;
 
@@ -46,6 +47,7 @@ use std::task::Waker;
 use hashbrown::HashTable;
 
 use self::channel::{Channel, ChannelState, Retention};
+pub use self::publisher::Publisher;
 pub(crate) use self::subscriber::{Item, Joined, Since};
 pub use self::subscriber::{Received, Subscriber};
 pub use self::subscription::{Lagged, RecvError, Subscription};
@@ -359,7 +361,14 @@ impl Hub {
     /// it and handed it back, in the cluster's order; the count is of the subscribers it
     /// will reach then.
     pub fn broadcast(&self, topic: &str, event: impl Into<Event>) -> usize {
-        self.inner.take(topic, event.into(), true)
+        self.inner
+            .take(topic, self.inner.hash(topic), event.into(), true)
+    }
+
+    /// A handle that broadcasts to `topic` as [`broadcast`](Self::broadcast) does, for a
+    /// publisher that sends many events to one topic: see [`Publisher`].
+    pub fn publisher(&self, topic: &str) -> Publisher {
+        Publisher::new(self.clone(), topic, self.inner.hash(topic))
     }
 
     /// Subscribes to `topic`: the subscription receives every event broadcast to it from
@@ -559,16 +568,16 @@ impl HubCore {
     /// Delivers `event` as [`deliver`](Self::deliver) does, once it holds only what it
     /// needs: a broadcast's data, or another node's (a view into a message that carried
     /// many events), may share a larger allocation.
-    pub(crate) fn take(&self, topic: &str, mut event: Event, publish: bool) -> usize {
+    pub(crate) fn take(&self, topic: &str, hash: u64, mut event: Event, publish: bool) -> usize {
         // Events kept for history live long: what they share is copied too.
         event.own_small_data(self.history > 0);
         // Allocated before any lock is taken.
-        self.deliver(topic, Arc::new(event), publish)
+        self.deliver(topic, hash, Arc::new(event), publish)
     }
 
-    /// Hands `event` to the local subscribers of `topic` and, for a broadcast of this
-    /// node, to the backplane.
-    pub(crate) fn deliver(&self, topic: &str, event: Arc<Event>, publish: bool) -> usize {
+    /// Hands `event` to the local subscribers of `topic`, whose hash is `hash`, and, for a
+    /// broadcast of this node, to the backplane.
+    fn deliver(&self, topic: &str, hash: u64, event: Arc<Event>, publish: bool) -> usize {
         if self.closed.load(Ordering::Acquire) {
             return 0;
         }
@@ -577,7 +586,6 @@ impl HubCore {
         } else {
             None
         };
-        let hash = self.hash(topic);
         let shard = self.shard(hash);
         if let Some(backplane) = backplane.filter(|_| self.ordered.load(Ordering::Acquire)) {
             // Delivered here too once it comes back, in the cluster's order.
@@ -683,7 +691,7 @@ impl HubCore {
     /// The hash of `topic`, keyed per hub: clients choose topic names, so the table must
     /// not let them pick colliding ones. The name is the only thing hashed, written in one
     /// go (SipHash counts its length in).
-    fn hash(&self, topic: &str) -> u64 {
+    pub(crate) fn hash(&self, topic: &str) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         hasher.write(topic.as_bytes());
         hasher.finish()
