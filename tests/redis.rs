@@ -950,6 +950,75 @@ async fn with_history_a_redis_that_lost_its_data_starts_a_new_epoch_and_says_los
     assert_eq!(next_item(&mut resumed).await, format!("two@{new_id}"));
 }
 
+/// Redis restarting from a snapshot older than what it had stored goes back to a position
+/// the nodes have passed. The events after it are gone, and the positions would name new
+/// ones: the history starts again in a new epoch, and every node says `lost`, rather
+/// than skipping the new events as delivered already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_a_redis_back_from_an_older_snapshot_starts_a_new_epoch_and_says_lost() {
+    let dir = std::env::temp_dir().join(format!("fanout-redis-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let redis = Redis::start_snapshotting(None, &dir);
+    let (a, b) = (
+        history_node(&redis, 16).await,
+        history_node(&redis, 16).await,
+    );
+    let mut here = a.hub.subscribe("t");
+    let mut there = b.hub.subscribe("t");
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
+    a.hub.broadcast("t", "one");
+    assert!(next_item(&mut here).await.starts_with("one@"));
+    assert!(next_item(&mut there).await.starts_with("one@"));
+    redis.save().await;
+    // Stored after the snapshot, and delivered on both nodes.
+    let mut old_id = String::new();
+    for event in ["two", "three"] {
+        b.hub.broadcast("t", event);
+        assert!(next_item(&mut here).await.starts_with(event));
+        let item = next_item(&mut there).await;
+        old_id = item.split_once('@').expect("an id").1.to_owned();
+    }
+
+    // Redis dies and comes back with the snapshot: its last position is one again.
+    let port = redis.stop();
+    wait_until("both noticed", || {
+        !a.backplane.stats().connected && !b.backplane.stats().connected
+    })
+    .await;
+    let _redis = Redis::start_snapshotting(Some(port), &dir);
+    wait_until("both are back", || {
+        a.backplane.stats().connected && b.backplane.stats().connected
+    })
+    .await;
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
+    a.hub.broadcast("t", "four");
+    let epoch = |id: &str| id.rsplit_once('-').expect("epoch-position").0.to_owned();
+    for subscription in [&mut here, &mut there] {
+        assert_eq!(next_item(subscription).await, "lost");
+        let four = next_item(subscription).await;
+        let new_id = four.strip_prefix("four@").expect("four, not skipped");
+        assert_ne!(epoch(new_id), epoch(&old_id), "a new epoch");
+        assert!(
+            new_id.ends_with("-1"),
+            "{new_id}: numbered from the start again"
+        );
+    }
+    a.hub.broadcast("t", "five");
+    assert!(next_item(&mut here).await.starts_with("five@"));
+    assert!(
+        next_item(&mut there).await.starts_with("five@"),
+        "told once"
+    );
+
+    // A client resuming with an id of the old epoch is told too, then gets the new one.
+    let (mut resumed, _) = b.hub.resume("t", &old_id);
+    assert_eq!(next_item(&mut resumed).await, "lost");
+    assert!(next_item(&mut resumed).await.starts_with("four@"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A resume that waits for Redis through a restart that lost Redis' data is told of the
 /// loss once: by the history's answer, not again by the gap that the node marks for its
 /// own subscribers as it comes back.

@@ -89,6 +89,20 @@ end
 return events
 ";
 
+/// Starts a topic's history again in a new epoch (`ARGV[3]`), unless another node has
+/// already: only while the epoch is still the one the node stood in (`ARGV[1]`) and the
+/// last position is short of where it stood (`ARGV[2]`). Keys: the topic's hash, then its
+/// stream, whose positions the new epoch counts again from 1.
+const RESTART_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local last = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+if epoch == ARGV[1] and last < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 's', 0)
+end
+return 0
+";
+
 /// Shares a hub's broadcasts with other processes through Redis pub/sub, and with a hub
 /// that keeps history, the history itself: see the README's "One history for the
 /// cluster" for what each mode guarantees.
@@ -1318,6 +1332,26 @@ async fn catch_up(
         // What the history no longer holds up to where Redis stands is a gap.
         let through = Some(now.at + 1);
         let from = match (was.epoch, now.epoch) {
+            // Redis came back from a snapshot older than what it had stored: the events
+            // after it that this node delivered are gone, and their positions would be
+            // given to others. The history starts again in a new epoch.
+            (Some(was_epoch), Some(epoch)) if was_epoch == epoch && now.at < was.at => {
+                let mut restart = redis::cmd("EVAL");
+                restart
+                    .arg(RESTART_SCRIPT)
+                    .arg(2)
+                    .arg(shared.meta_key(topic))
+                    .arg(shared.stream_key(topic))
+                    .arg(&epoch)
+                    .arg(was.at)
+                    .arg(shared.new_epoch());
+                let restart = restart.query_async::<()>(reader);
+                shared.timed("starting a new epoch", restart).await?;
+                announce_gap(shared, remote, topic);
+                let fresh = Position { epoch: None, at: 0 };
+                lock_positions(positions).insert(topic.clone(), fresh);
+                None
+            }
             (Some(was_epoch), Some(epoch)) if was_epoch == epoch => {
                 (now.at > was.at).then_some((epoch, was.at))
             }

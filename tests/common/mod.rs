@@ -525,24 +525,38 @@ impl Redis {
     /// synced on every write), so that a restart on the same port and directory has it
     /// all; without, a restart has lost everything.
     pub fn start_in(port: Option<u16>, dir: Option<&std::path::Path>) -> Self {
+        match dir.map(|dir| dir.display().to_string()) {
+            Some(dir) => Self::spawn(
+                port,
+                &[
+                    "--dir",
+                    &dir,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ],
+            ),
+            None => Self::spawn(port, &["--appendonly", "no"]),
+        }
+    }
+
+    /// A redis-server that keeps in `dir` only the snapshots it is told to take
+    /// ([`save`](Self::save)): a restart on the same port and directory has what the
+    /// last one held, and nothing stored after it.
+    pub fn start_snapshotting(port: Option<u16>, dir: &std::path::Path) -> Self {
+        let dir = dir.display().to_string();
+        Self::spawn(port, &["--dir", &dir, "--appendonly", "no"])
+    }
+
+    fn spawn(port: Option<u16>, persistence: &[&str]) -> Self {
         let port = port.unwrap_or_else(|| {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("address").port()
         });
         let port_arg = port.to_string();
         let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
-        let dir_arg = dir.map(|dir| dir.display().to_string());
-        match &dir_arg {
-            Some(dir) => args.extend([
-                "--dir",
-                dir,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ]),
-            None => args.extend(["--appendonly", "no"]),
-        }
+        args.extend(persistence);
         let child = std::process::Command::new("redis-server")
             .args(args)
             .stdout(std::process::Stdio::null())
@@ -562,6 +576,19 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(10));
         }
         Self { child, port }
+    }
+
+    /// Takes a snapshot of everything Redis holds now, as a restart will find it.
+    pub async fn save(&self) {
+        let client = redis::Client::open(self.url()).expect("a redis URL");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connected to redis");
+        redis::cmd("SAVE")
+            .query_async::<()>(&mut connection)
+            .await
+            .expect("a snapshot");
     }
 
     pub fn url(&self) -> String {
