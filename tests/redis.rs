@@ -243,6 +243,9 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     continue;
                 };
+                // As Redis and its client do: a reply in several writes is not held back.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let number = opened.fetch_add(1, Ordering::SeqCst);
                 let (from_client, to_client) = client.into_split();
                 let (from_server, to_server) = server.into_split();
@@ -830,6 +833,62 @@ async fn with_history_a_resume_asked_while_redis_is_away_is_answered_once_it_is_
     assert!(three.starts_with("three@"), "{three}");
     let stats = b.backplane.stats();
     assert_eq!((stats.lost, stats.waiting_resumes), (0, 0));
+}
+
+/// Resumes that pile up while a node is cut off from Redis, more than one round trip
+/// answers, are each answered from where they stood once it is back: from an event of
+/// the history, or from an id of an epoch Redis no longer has (`lost`, then all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_many_resumes_waiting_for_redis_are_each_answered_from_where_they_stood() {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    let a = history_node(&redis, 16).await;
+    let b = node_keeping(watchful_backplane(&proxy.url()), 16).await;
+    let mut on_a = a.hub.subscribe("t");
+    wait_listening(&a, 1).await;
+    wait_until("B connected", || b.backplane.stats().connected).await;
+
+    cut_off(&proxy, &b).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        a.hub.broadcast("t", format!("e{i}"));
+        sent.push(next_item(&mut on_a).await);
+    }
+    const RESUMES: usize = 150;
+    let mut resumed = Vec::with_capacity(RESUMES);
+    for r in 0..RESUMES {
+        // Every fifth from an epoch Redis does not have; the others from an event.
+        let (from, expected) = if r % 5 == 4 {
+            let mut all = vec!["lost".to_owned()];
+            all.extend(sent.iter().cloned());
+            ("0dd-3".to_owned(), all)
+        } else {
+            let k = r % sent.len();
+            let id = sent[k].split_once('@').expect("an id").1.to_owned();
+            (id, sent[k + 1..].to_vec())
+        };
+        resumed.push((b.hub.resume("t", &from).0, expected));
+    }
+    wait_until("the resumes wait for Redis", || {
+        b.backplane.stats().waiting_resumes == RESUMES
+    })
+    .await;
+    proxy.refuse(false);
+    a.hub.broadcast("t", "after");
+    let after = next_item(&mut on_a).await;
+    for (r, (subscription, expected)) in resumed.iter_mut().enumerate() {
+        let mut got = Vec::with_capacity(expected.len() + 1);
+        for _ in 0..=expected.len() {
+            got.push(next_item(subscription).await);
+        }
+        let mut want = expected.clone();
+        want.push(after.clone());
+        assert_eq!(got, want, "resume {r}");
+    }
+    wait_until("none waits any more", || {
+        b.backplane.stats().waiting_resumes == 0
+    })
+    .await;
 }
 
 /// A topic that a node's hub asks for while the node is cut off from Redis is followed as

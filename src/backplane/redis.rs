@@ -38,6 +38,8 @@ const PIPELINE: usize = 256;
 const RECEIVE_BATCH: usize = 256;
 /// Subscription changes sent to Redis in one command.
 const INTEREST_BATCH: usize = 1_000;
+/// Waiting resumes answered per round trip: each reply may hold a whole history.
+const RESUME_BATCH: usize = 64;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -906,21 +908,19 @@ async fn follow_batch(
     answer(shared, reader, resumes).await
 }
 
-/// Answers the waiting resumes from the history, oldest first. One that Redis does not
-/// answer waits, with those after it, for the next connection.
+/// Answers the waiting resumes from the history, oldest first, a pipeline per batch. A
+/// batch that Redis does not answer waits, with those after it, for the next connection.
 async fn answer(
     shared: &Shared,
     reader: &mut MultiplexedConnection,
     resumes: &mut VecDeque<Resume>,
 ) -> redis::RedisResult<()> {
-    while let Some(resume) = resumes.front() {
-        // A subscriber that left meanwhile does not need it.
-        let history = if resume.reply.is_closed() {
-            None
-        } else {
-            Some(history(shared, reader, &resume.topic, &resume.epoch, resume.at).await?)
-        };
-        if let (Some(resume), Some(history)) = (resumes.pop_front(), history) {
+    // A subscriber that left meanwhile does not need it.
+    resumes.retain(|resume| !resume.reply.is_closed());
+    while !resumes.is_empty() {
+        let count = resumes.len().min(RESUME_BATCH);
+        let answers = histories(shared, reader, resumes.range(..count)).await?;
+        for (resume, history) in resumes.drain(..count).zip(answers) {
             let _ = resume.reply.send(history);
         }
         shared
@@ -931,53 +931,97 @@ async fn answer(
     Ok(())
 }
 
-/// The events of `topic` after position `at` of `epoch` that Redis holds, and whether
-/// some between are gone: all of the current epoch's when `epoch` is an older one.
-async fn history(
+/// For each resume, the events of its topic after its position that Redis holds, and
+/// whether some between are gone: all of the current epoch's when the resume's epoch is
+/// an older one. One round trip, and a second for those of an older epoch.
+async fn histories(
     shared: &Shared,
     reader: &mut MultiplexedConnection,
-    topic: &str,
-    epoch: &str,
-    at: u64,
-) -> redis::RedisResult<History> {
+    asked: impl ExactSizeIterator<Item = &Resume> + Clone,
+) -> redis::RedisResult<Vec<History>> {
     let mut pipeline = redis::pipe();
-    pipeline
-        .cmd("HMGET")
-        .arg(shared.meta_key(topic))
-        .arg("e")
-        .arg("s")
-        .cmd("XRANGE")
-        .arg(shared.stream_key(topic))
-        .arg(range_start(at))
-        .arg("+");
-    let ((current, newest), entries): ((Option<String>, Option<u64>), Value) = shared
-        .timed("reading a history", pipeline.query_async(reader))
-        .await?;
-    let Some(current) = current else {
-        // Redis holds no history of the topic.
-        return Ok(History::new(Vec::new(), true));
-    };
-    let (entries, from) = if current == epoch {
-        (entries, at + 1)
-    } else {
-        // An older history, lost: what the current one holds, from its start.
-        let mut all = redis::cmd("XRANGE");
-        all.arg(shared.stream_key(topic)).arg("-").arg("+");
-        let all = all.query_async::<Value>(reader);
-        (shared.timed("reading a history", all).await?, 1)
-    };
-    let mut events = Vec::new();
-    let mut lost = current != epoch || newest.is_some_and(|newest| at > newest);
-    let mut next = from;
-    for (position, message) in stream_entries(entries) {
-        if position < from {
-            continue;
-        }
-        lost |= position > next;
-        next = position + 1;
-        events.extend(ordered_event(shared, topic, &current, position, message));
+    for resume in asked.clone() {
+        pipeline
+            .cmd("HMGET")
+            .arg(shared.meta_key(&resume.topic))
+            .arg("e")
+            .arg("s")
+            .cmd("XRANGE")
+            .arg(shared.stream_key(&resume.topic))
+            .arg(range_start(resume.at))
+            .arg("+");
     }
-    Ok(History::new(events, lost))
+    let replies: Vec<Value> = shared
+        .timed("reading histories", pipeline.query_async(reader))
+        .await?;
+    let mut replies = replies.into_iter();
+    let mut found = Vec::with_capacity(asked.len());
+    for _ in 0..asked.len() {
+        let (Some(meta), Some(entries)) = (replies.next(), replies.next()) else {
+            return Err(lost("a history reply was cut short"));
+        };
+        let (current, newest): (Option<String>, Option<u64>) = redis::from_redis_value(meta)?;
+        found.push((current, newest, entries));
+    }
+    // What the current epoch holds from its start, for resumes of an older one.
+    let mut older = redis::pipe();
+    let mut any_older = false;
+    for (resume, (current, _, _)) in asked.clone().zip(&found) {
+        if current
+            .as_ref()
+            .is_some_and(|current| *current != resume.epoch)
+        {
+            older
+                .cmd("XRANGE")
+                .arg(shared.stream_key(&resume.topic))
+                .arg("-")
+                .arg("+");
+            any_older = true;
+        }
+    }
+    let mut older = if any_older {
+        let replies: Vec<Value> = shared
+            .timed("reading histories", older.query_async(reader))
+            .await?;
+        replies.into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    let mut answers = Vec::with_capacity(found.len());
+    for (resume, (current, newest, entries)) in asked.zip(found) {
+        let Some(current) = current else {
+            // Redis holds no history of the topic.
+            answers.push(History::new(Vec::new(), true));
+            continue;
+        };
+        let (entries, from) = if current == resume.epoch {
+            (entries, resume.at + 1)
+        } else {
+            let entries = older
+                .next()
+                .ok_or_else(|| lost("a history reply was cut short"))?;
+            (entries, 1)
+        };
+        let mut events = Vec::new();
+        let mut lost = current != resume.epoch || newest.is_some_and(|newest| resume.at > newest);
+        let mut next = from;
+        for (position, message) in stream_entries(entries) {
+            if position < from {
+                continue;
+            }
+            lost |= position > next;
+            next = position + 1;
+            events.extend(ordered_event(
+                shared,
+                &resume.topic,
+                &current,
+                position,
+                message,
+            ));
+        }
+        answers.push(History::new(events, lost));
+    }
+    Ok(answers)
 }
 
 /// Takes `interest` into the topics the hub wants, or the resumes waiting for Redis.
