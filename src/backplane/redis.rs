@@ -358,7 +358,12 @@ impl RedisBackplaneBuilder {
     ///
     /// When the URL is not a Redis URL, or when called outside a tokio runtime.
     pub fn build(self) -> Result<RedisBackplane, RedisError> {
-        let info = self.url.as_str().into_connection_info()?;
+        // Pipelines are batched already: a write is never worth holding back for more.
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let resp3 = info
             .redis_settings()
             .clone()
