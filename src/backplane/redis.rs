@@ -38,8 +38,9 @@ const PIPELINE: usize = 256;
 const RECEIVE_BATCH: usize = 256;
 /// Subscription changes sent to Redis in one command.
 const INTEREST_BATCH: usize = 1_000;
-/// Waiting resumes answered per round trip: each reply may hold a whole history.
-const RESUME_BATCH: usize = 64;
+/// Histories read per round trip (resumes answered, topics caught up): each reply may
+/// hold a whole history.
+const HISTORY_BATCH: usize = 64;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -923,7 +924,7 @@ async fn answer(
     // A subscriber that left meanwhile does not need it.
     resumes.retain(|resume| !resume.reply.is_closed());
     while !resumes.is_empty() {
-        let count = resumes.len().min(RESUME_BATCH);
+        let count = resumes.len().min(HISTORY_BATCH);
         let answers = histories(shared, reader, resumes.range(..count)).await?;
         for (resume, history) in resumes.drain(..count).zip(answers) {
             let _ = resume.reply.send(history);
@@ -1133,17 +1134,13 @@ async fn receive_ordered(
         announce_gap(shared, remote, topic);
     }
     if first > last + 1 {
-        fill(
-            shared,
-            remote,
-            positions,
-            reader,
+        let missing = Missing {
             topic,
-            &epoch,
-            last,
-            Some(first),
-        )
-        .await?;
+            epoch: epoch.clone(),
+            after: last,
+            before: Some(first),
+        };
+        fill(shared, remote, positions, reader, &[missing]).await?;
     }
     for (at, message) in (first..).zip(events) {
         if advance(positions, topic, &epoch, at).is_some() {
@@ -1234,41 +1231,66 @@ fn announce_gap(shared: &Shared, remote: &Remote, topic: &str) {
     remote.lost(topic);
 }
 
-/// Fetches and delivers `topic`'s events of `epoch` after position `after` and before
-/// `before` (to the newest without it) from its history, announcing a gap where it
-/// skips some. What another loop delivered meanwhile is not delivered again.
-#[allow(clippy::too_many_arguments)]
+/// What a topic lacks on this node: its events of `epoch` after position `after`, and
+/// before `before` (to the newest without it).
+struct Missing<'a> {
+    topic: &'a str,
+    epoch: String,
+    after: u64,
+    before: Option<u64>,
+}
+
+/// Fetches and delivers what each of `missing` lacks from its history, a pipeline per
+/// batch, announcing a gap where the history skips some. What another loop delivered
+/// meanwhile is not delivered again.
 async fn fill(
     shared: &Shared,
     remote: &Remote,
     positions: &Positions,
     reader: &mut MultiplexedConnection,
-    topic: &str,
-    epoch: &str,
-    after: u64,
-    before: Option<u64>,
+    missing: &[Missing<'_>],
 ) -> redis::RedisResult<()> {
-    let end = before.map_or_else(|| "+".to_owned(), |before| format!("{}-0", before - 1));
-    let mut range = redis::cmd("XRANGE");
-    range
-        .arg(shared.stream_key(topic))
-        .arg(range_start(after))
-        .arg(end);
-    let range = range.query_async::<Value>(reader);
-    let entries = shared.timed("reading a history", range).await?;
-    for (at, message) in stream_entries(entries) {
-        if let Some(last) = advance(positions, topic, epoch, at) {
-            if at > last + 1 {
+    for batch in missing.chunks(HISTORY_BATCH) {
+        let mut pipeline = redis::pipe();
+        for missing in batch {
+            let end = missing
+                .before
+                .map_or_else(|| "+".to_owned(), |before| format!("{}-0", before - 1));
+            pipeline
+                .cmd("XRANGE")
+                .arg(shared.stream_key(missing.topic))
+                .arg(range_start(missing.after))
+                .arg(end);
+        }
+        let replies: Vec<Value> = shared
+            .timed("reading a history", pipeline.query_async(reader))
+            .await?;
+        if replies.len() != batch.len() {
+            return Err(lost("a history reply was cut short"));
+        }
+        for (missing, entries) in batch.iter().zip(replies) {
+            let Missing {
+                topic,
+                epoch,
+                before,
+                ..
+            } = missing;
+            for (at, message) in stream_entries(entries) {
+                if let Some(last) = advance(positions, topic, epoch, at) {
+                    if at > last + 1 {
+                        announce_gap(shared, remote, topic);
+                    }
+                    deliver_ordered(shared, remote, topic, epoch, at, message);
+                }
+            }
+            // Trimmed away up to the message that showed the gap.
+            if let Some(before) = *before
+                && advance(positions, topic, epoch, before - 1)
+                    .is_some_and(|last| last + 1 < before)
+            {
                 announce_gap(shared, remote, topic);
             }
-            deliver_ordered(shared, remote, topic, epoch, at, message);
         }
-    }
-    // Trimmed away up to the message that showed the gap.
-    if let Some(before) = before
-        && advance(positions, topic, epoch, before - 1).is_some_and(|last| last + 1 < before)
-    {
-        announce_gap(shared, remote, topic);
     }
     Ok(())
 }
@@ -1372,6 +1394,7 @@ async fn catch_up(
             .collect()
     };
     let now = stand(shared, reader, &names).await?;
+    let mut missing = Vec::new();
     for ((topic, now), was) in topics.iter().zip(now).zip(stood) {
         // Not followed, or moved on since: the message that moved it came after what
         // Redis answered, and its delivery fetched what came before it.
@@ -1426,13 +1449,15 @@ async fn catch_up(
                     at: after,
                 },
             );
-            fill(
-                shared, remote, positions, reader, topic, &epoch, after, through,
-            )
-            .await?;
+            missing.push(Missing {
+                topic,
+                epoch,
+                after,
+                before: through,
+            });
         }
     }
-    Ok(())
+    fill(shared, remote, positions, reader, &missing).await
 }
 
 fn lost(what: &'static str) -> RedisError {
