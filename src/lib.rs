@@ -11,7 +11,8 @@
 //! Its heart is the [`Hub`]: a lock-sharded, topic-keyed fan-out of [`Event`]s.
 //! [`Hub::broadcast`] is a plain function that reaches every current [`Subscription`] of a
 //! topic without ever waiting for one; each event is stored once and shared by all
-//! subscribers, and its Server-Sent-Events wire form is encoded once.
+//! subscribers, and its Server-Sent-Events wire form is encoded once. A [`Publisher`] is
+//! the same for one topic, without finding the topic again for each event.
 //!
 //! # Quick start
 //!
@@ -76,7 +77,7 @@
 //! | `cursor` | one resumable id for a stream of several topics |
 //! | `outgoing`, `wake` | a connection's write buffer; telling what woke a task |
 //! | [`metrics`] | what the crate records, with the `metrics` feature |
-//! | [`hub`], [`backplane`] | topics, their rings of events, [`Subscription`] and [`Subscriber`]; carrying broadcasts between processes (Redis) |
+//! | [`hub`], [`backplane`] | topics, their rings of events, [`Publisher`], [`Subscription`] and [`Subscriber`]; carrying broadcasts between processes (Redis) |
 //! | `event`, `reject` | [`Event`] and its wire forms; [`Rejection`] |
 
 #![warn(

@@ -4,7 +4,8 @@
 //! [`Hub::broadcast`] is a plain function that never waits for a subscriber: each topic
 //! keeps a bounded ring of its recent events, which every [`Subscription`] reads at its own
 //! pace. A subscriber that falls a whole ring behind is handled by the [`LagPolicy`]:
-//! it skips ahead and learns how many events it missed, or it is disconnected.
+//! it skips ahead and learns how many events it missed, or it is disconnected. A
+//! [`Publisher`] broadcasts to one topic, for a publisher that sends it many events.
 //!
 //! Topics are spread over a power-of-two number of shards, each behind its own lock, so
 //! broadcasts and subscriptions on different topics rarely meet on the same lock, and no
