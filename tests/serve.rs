@@ -184,6 +184,44 @@ async fn heads_in_pieces_large_or_malformed_are_still_answered() {
     assert_eq!(status, 400, "hyper's answer to a malformed head");
 }
 
+/// A connection that sends no request head, or only part of one, is closed at the head
+/// timeout; one that sends its head in time is served and kept past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_head_in_time_are_closed() {
+    let hub = Hub::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let service = StreamLayer::new(hub.clone()).layer(Inner);
+    let head_timeout = Duration::from_millis(300);
+    tokio::spawn(
+        tower_fanout::serve(listener, service)
+            .head_timeout(head_timeout)
+            .into_future(),
+    );
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut partial = TcpStream::connect(addr).await.expect("connect");
+    partial
+        .write_all(b"GET /?topic=t HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut served = SseClient::connect(addr, "/?topic=t").await;
+    wait_until("subscribed", || hub.stats().subscribers == 1).await;
+
+    for stream in [&mut silent, &mut partial] {
+        let mut rest = Vec::new();
+        timeout(WAIT, stream.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert!(rest.is_empty(), "closed without an answer");
+    }
+    // The stream outlived the two, whose timeout had passed: it is served on.
+    hub.broadcast("t", "still served");
+    assert_eq!(served.next_event().await.data, "still served");
+}
+
 #[tokio::test]
 async fn a_quiet_stream_gets_keep_alive_comments() {
     let hub = Hub::new();

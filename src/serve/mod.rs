@@ -44,7 +44,8 @@
 //! served, in the connection's own task: a TLS acceptor's handshake, for example. The
 //! socket options above are set on the TCP stream first, and an event stream over the
 //! transport is written as over plain TCP, without a buffer of this crate's between
-//! events. The handshake and the first request head together have 30 s.
+//! events. The handshake and the first request head together have 30 s
+//! ([`Serve::head_timeout`]).
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -73,6 +74,7 @@ mod head;
 mod respond;
 mod rewind;
 mod timed;
+mod waiting;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -94,6 +96,7 @@ pub use self::body::Body;
 use self::head::Head;
 use self::rewind::Rewind;
 use self::timed::TimedWrites;
+use self::waiting::{Ticket, Waiting};
 use crate::config::WriteTimeout;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -117,6 +120,7 @@ pub fn serve<S>(listener: TcpListener, service: S) -> Serve<S> {
         service,
         signal: std::future::pending(),
         shutdown_timeout: SHUTDOWN_TIMEOUT,
+        head_timeout: HEAD_TIMEOUT,
         transport: plain,
     }
 }
@@ -135,6 +139,7 @@ pub struct Serve<S, F = std::future::Pending<()>, T = Plain> {
     service: S,
     signal: F,
     shutdown_timeout: Duration,
+    head_timeout: Duration,
     transport: T,
 }
 
@@ -159,6 +164,7 @@ impl<S, T> Serve<S, std::future::Pending<()>, T> {
             service: self.service,
             signal,
             shutdown_timeout: self.shutdown_timeout,
+            head_timeout: self.head_timeout,
             transport: self.transport,
         }
     }
@@ -182,6 +188,7 @@ impl<S, F> Serve<S, F> {
             service: self.service,
             signal: self.signal,
             shutdown_timeout: self.shutdown_timeout,
+            head_timeout: self.head_timeout,
             transport,
         }
     }
@@ -196,6 +203,14 @@ impl<S, F, T> Serve<S, F, T> {
     /// that does not read their last bytes is closed by the layer's write timeout.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a new connection has for its transport's handshake (TLS) and its first
+    /// request head before it is closed; checked a few times per timeout, at most every
+    /// second. Default: 30 s.
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = timeout;
         self
     }
 }
@@ -231,11 +246,15 @@ where
                 service,
                 signal,
                 shutdown_timeout,
+                head_timeout,
                 mut transport,
             } = self;
-            // Every connection holds a receiver: it hears the shutdown through it, and the
-            // sender knows the connection has ended when it is dropped.
-            let (shutdown, open) = watch::channel(());
+            let waiting = Waiting::default();
+            tokio::spawn(waiting::sweep(waiting.clone(), sweep_period(head_timeout)));
+            let (shutdown, open) = watch::channel(Shared {
+                shutdown_timeout,
+                waiting: waiting.clone(),
+            });
             let mut signal = pin!(signal);
             loop {
                 let (stream, peer) = tokio::select! {
@@ -248,12 +267,18 @@ where
                     peer,
                     service: service.clone(),
                     shutdown: open.clone(),
-                    shutdown_timeout,
                 };
-                tokio::spawn(connection.serve(transport(stream)));
+                let ticket = waiting.enter(tokio::time::Instant::now() + head_timeout);
+                let task = tokio::spawn(Connected::Opening {
+                    opening: connection.open(ticket, transport(stream)),
+                });
+                waiting.started(ticket, task.abort_handle());
             }
+            // A connection that has not asked for anything yet is simply closed.
+            waiting.close_all();
+            drop(waiting);
             drop(listener);
-            let _ = shutdown.send(());
+            shutdown.send_modify(|_| {});
             drop(open);
             shutdown.closed().await;
         })
@@ -308,10 +333,20 @@ struct Connection<S> {
     peer: SocketAddr,
     service: S,
     /// Changes when the server shuts down; dropped when the connection ends.
-    shutdown: watch::Receiver<()>,
+    shutdown: Open,
+}
+
+/// What the connections of one server share: the value of the channel whose receivers
+/// they hold. A change of it is the shutdown signal, and the server knows a connection
+/// has ended when its receiver is dropped.
+struct Shared {
     /// How long hyper may go on after the shutdown signal.
     shutdown_timeout: Duration,
+    waiting: Waiting,
 }
+
+/// A connection's receiver of [`Shared`].
+type Open = watch::Receiver<Shared>;
 
 impl<S, B> Connection<S>
 where
@@ -322,34 +357,36 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// Serves the connection once `handshake` has made its IO.
-    async fn serve<H, Io>(mut self, handshake: H)
+    /// Serves the connection once `handshake` has made its IO and the first request head
+    /// is read, while `ticket` holds its place among those waiting for one; for an event
+    /// stream, returns what writes the response, which the connection's task goes on with.
+    async fn open<H, Io>(self, ticket: Ticket, handshake: H) -> Option<respond::Streaming<B, Io>>
     where
         H: Future<Output = io::Result<Io>>,
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = self.peer;
         let opened = async {
             let mut io = handshake.await?;
             let head = head::read(&mut io).await?;
             Ok::<_, io::Error>((io, head))
         };
-        let opened = tokio::select! {
-            opened = tokio::time::timeout(HEAD_TIMEOUT, opened) => opened,
-            // A connection that has not asked for anything yet is simply closed.
-            () = shut_down(&mut self.shutdown) => return,
-        };
+        let opened = opened.await;
+        // Asked in time: no longer closed at the head timeout, nor at shutdown, which
+        // from here on is hyper's or the stream's to hear.
+        self.shutdown.borrow().waiting.leave(ticket);
         match opened {
-            // Boxed: every connection waits for its head in this task, and after a restart
-            // thousands wait together. What serves it from here on is larger.
-            Ok(Ok((io, head))) => Box::pin(self.serve_opened(io, head)).await,
-            Ok(Err(error)) => tracing::debug!(%error, %peer, "connection lost"),
-            Err(_) => tracing::debug!(%peer, "no request head in time"),
+            // Boxed: what serves the connection from here on is larger than what waited.
+            Ok((io, head)) => Box::pin(self.serve_opened(io, head)).await,
+            Err(error) => {
+                tracing::debug!(%error, peer = %self.peer, "connection lost");
+                None
+            }
         }
     }
 
-    /// Serves the connection once its first request head is read.
-    async fn serve_opened<Io>(self, io: Io, head: Head)
+    /// Serves the connection once its first request head is read; for an event stream,
+    /// returns what writes the response.
+    async fn serve_opened<Io>(self, io: Io, head: Head) -> Option<respond::Streaming<B, Io>>
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -357,10 +394,13 @@ where
             Head::EventStream(request) => {
                 let mut request = *request;
                 request.extensions_mut().insert(self.peer);
-                respond::respond(io, self.service, request, self.shutdown).await;
+                respond::respond(io, self.service, request, self.shutdown).await
             }
-            Head::Other(read) => self.serve_with_hyper(Rewind::new(read, io)).await,
-            Head::Closed => {}
+            Head::Other(read) => {
+                self.serve_with_hyper(Rewind::new(read, io)).await;
+                None
+            }
+            Head::Closed => None,
         }
     }
 
@@ -374,8 +414,8 @@ where
             peer,
             service,
             mut shutdown,
-            shutdown_timeout,
         } = self;
+        let shutdown_timeout = shutdown.borrow().shutdown_timeout;
         let (io, write_timeout) = TimedWrites::new(io);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(Body::incoming);
@@ -426,8 +466,46 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A connection's task: it waits for the request head and serves the connection,
+    /// then, for an event stream, writes the response in the same room. The task is as
+    /// large as the larger of the two, not their sum, and a stream needs no task of its
+    /// own: connections that arrive all at once leave no freed tasks between the streams
+    /// that outlive them, which the allocator's per-thread arenas would keep.
+    #[project = ConnectedProj]
+    enum Connected<O, S> {
+        Opening { #[pin] opening: O },
+        Streaming { #[pin] streaming: S },
+    }
+}
+
+impl<O, S> Future for Connected<O, S>
+where
+    O: Future<Output = Option<S>>,
+    S: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ConnectedProj::Opening { opening } => match std::task::ready!(opening.poll(cx)) {
+                    Some(streaming) => self.set(Self::Streaming { streaming }),
+                    None => return std::task::Poll::Ready(()),
+                },
+                ConnectedProj::Streaming { streaming } => return streaming.poll(cx),
+            }
+        }
+    }
+}
+
+/// How often the connections waiting for their head are checked against `head_timeout`.
+fn sweep_period(head_timeout: Duration) -> Duration {
+    (head_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// Completes when the server shuts down gracefully; never when it is merely dropped.
-async fn shut_down(shutdown: &mut watch::Receiver<()>) {
+async fn shut_down(shutdown: &mut Open) {
     if shutdown.changed().await.is_err() {
         std::future::pending::<()>().await;
     }

@@ -12,11 +12,10 @@ use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Body, BoxError, WriteTimeout, call};
+use super::{Body, BoxError, Open, WriteTimeout, call};
 use crate::outgoing::Outgoing;
 use crate::wake::{Alarm, Signal};
 
@@ -30,36 +29,35 @@ const READS: usize = 16;
 const SERVICE_FAILED: &[u8] =
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Calls `service` with `request`, then writes its response to `stream` in a task of its
-/// own and closes the connection.
-///
-/// The response gets a new task so that a stream, which may last for hours, is carried
-/// by a task the size of [`Streaming`], not one with room for the service's future.
+/// Calls `service` with `request`, and returns what writes its response to `stream`
+/// until it ends, then closes the connection: the connection's task goes on with it.
+/// `None` when the service failed, which has been answered.
 pub(super) async fn respond<S, B, Io>(
     mut stream: Io,
     service: S,
     request: Request<Body>,
-    open: watch::Receiver<()>,
-) where
+    open: Open,
+) -> Option<Streaming<B, Io>>
+where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: HttpBody + Send + 'static,
+    B: HttpBody,
     B::Error: Into<BoxError>,
-    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Io: AsyncRead + AsyncWrite + Unpin,
 {
     let response = call(service, request).await.map_err(|error| {
         tracing::error!(error = %error.into(), "the service failed");
     });
     let Ok(response) = response else {
         let _ = stream.write_all(SERVICE_FAILED).await;
-        return;
+        return None;
     };
-    tokio::spawn(Streaming::new(stream, response, open));
+    Some(Streaming::new(stream, response, open))
 }
 
 pin_project! {
     /// Writes a response to the socket until it ends, or the client leaves.
-    struct Streaming<B, Io> {
+    pub(super) struct Streaming<B, Io> {
         #[pin]
         body: B,
         writer: Writer<Io>,
@@ -82,7 +80,7 @@ struct Writer<Io> {
     /// Whether bytes are waiting for the client, and `deadline` is running.
     waiting: bool,
     /// Tells a server shutting down that this connection is still open.
-    _open: watch::Receiver<()>,
+    _open: Open,
 }
 
 /// How the body is delimited.
@@ -121,7 +119,7 @@ where
     B: HttpBody,
     B::Error: Into<BoxError>,
 {
-    fn new(io: Io, response: Response<B>, open: watch::Receiver<()>) -> Self {
+    fn new(io: Io, response: Response<B>, open: Open) -> Self {
         let (parts, body) = response.into_parts();
         let framing = Framing::of(&parts, &body);
         let write_timeout = parts.extensions.get().map(|&WriteTimeout(timeout)| timeout);
