@@ -2,10 +2,9 @@
 //! outside: the head timeout, which a sweeper task enforces, and the server's shutdown.
 //!
 //! A waiting connection holds a ticket (8 bytes), not a timer and a shutdown listener of
-//! its own.
-//! After a restart thousands of connections wait together, and the task a connection
-//! waits in goes on to write its event stream in the same room (see `Connected`): what
-//! waiting needs is kept out of that room for the stream's whole life.
+//! its own. After a restart thousands of connections wait together, and the task a
+//! connection waits in goes on to write its event stream in the same room (see
+//! `Connected`): what waiting needs is kept out of that room for the stream's whole life.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
