@@ -84,6 +84,19 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
+/// A subscriber task on `rt` that reads `subscription` in batches as events come, and
+/// counts them in `progress`.
+fn drain(rt: &Runtime, mut subscription: tower_fanout::Subscription, progress: &Arc<Progress>) {
+    let progress = Arc::clone(progress);
+    rt.spawn(async move {
+        let mut batch = Vec::with_capacity(CAPACITY);
+        while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
+            batch.clear();
+            progress.add(count as u64);
+        }
+    });
+}
+
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     group
@@ -102,15 +115,7 @@ fn fanout(c: &mut Criterion) {
                 let publisher = hub.publisher("bench");
                 let (progress, finished) = Progress::new();
                 for _ in 0..subscribers {
-                    let mut subscription = hub.subscribe("bench");
-                    let progress = Arc::clone(&progress);
-                    rt.spawn(async move {
-                        let mut batch = Vec::with_capacity(CAPACITY);
-                        while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
-                            batch.clear();
-                            progress.add(count as u64);
-                        }
-                    });
+                    drain(&rt, hub.subscribe("bench"), &progress);
                 }
                 let payload = bytes::Bytes::from_static(&[b'x'; 64]);
                 b.iter_custom(|iters| {
@@ -262,15 +267,7 @@ fn many_topics(c: &mut Criterion) {
         let hub = Hub::builder().buffer(CAPACITY).build();
         let (progress, finished) = Progress::new();
         for name in &names {
-            let mut subscription = hub.subscribe(name);
-            let progress = Arc::clone(&progress);
-            rt.spawn(async move {
-                let mut batch = Vec::with_capacity(CAPACITY);
-                while let Ok(count) = subscription.recv_many(&mut batch, CAPACITY).await {
-                    batch.clear();
-                    progress.add(count as u64);
-                }
-            });
+            drain(&rt, hub.subscribe(name), &progress);
         }
         b.iter_custom(|iters| {
             progress.run(&finished, iters, TOPICS as u64, || {

@@ -728,10 +728,7 @@ async fn with_history_publishers_on_every_node_give_every_subscriber_one_order()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_a_node_cut_off_fetches_what_it_missed_and_says_what_is_gone() {
-    let redis = Redis::start(None);
-    let proxy = Proxy::start(&redis).await;
-    let a = history_node(&redis, 4).await;
-    let b = node_keeping(watchful_backplane(&proxy.url()), 4).await;
+    let (redis, proxy, a, b) = a_and_b_behind_a_proxy(4).await;
     let mut subscription = b.hub.subscribe("t");
     wait_listening(&b, 1).await;
     wait_until("A connected", || a.backplane.stats().connected).await;
@@ -795,6 +792,16 @@ async fn with_history_a_node_cut_off_fetches_what_it_missed_and_says_what_is_gon
     assert!(next_item(&mut subscription).await.starts_with("live@"));
 }
 
+/// A Redis of the test's own and two nodes keeping `history` events per topic in it: A on
+/// Redis itself, B through a proxy that can cut it off, with a backplane that notices.
+async fn a_and_b_behind_a_proxy(history: usize) -> (Redis, Proxy, Node, Node) {
+    let redis = Redis::start(None);
+    let proxy = Proxy::start(&redis).await;
+    let a = history_node(&redis, history).await;
+    let b = node_keeping(watchful_backplane(&proxy.url()), history).await;
+    (redis, proxy, a, b)
+}
+
 /// Cuts `node` off from Redis behind `proxy`, and keeps it away until `proxy.refuse(false)`.
 async fn cut_off(proxy: &Proxy, node: &Node) {
     proxy.refuse(true);
@@ -808,10 +815,7 @@ async fn cut_off(proxy: &Proxy, node: &Node) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_a_node_cut_off_from_many_topics_fetches_what_each_missed() {
     const TOPICS: usize = 150;
-    let redis = Redis::start(None);
-    let proxy = Proxy::start(&redis).await;
-    let a = history_node(&redis, 16).await;
-    let b = node_keeping(watchful_backplane(&proxy.url()), 16).await;
+    let (_redis, proxy, a, b) = a_and_b_behind_a_proxy(16).await;
     let mut subscriptions: Vec<_> = (0..TOPICS)
         .map(|n| b.hub.subscribe(&format!("t{n}")))
         .collect();
@@ -855,10 +859,7 @@ async fn with_history_a_node_cut_off_from_many_topics_fetches_what_each_missed()
 /// gets what followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_a_resume_asked_while_redis_is_away_is_answered_once_it_is_back() {
-    let redis = Redis::start(None);
-    let proxy = Proxy::start(&redis).await;
-    let a = history_node(&redis, 16).await;
-    let b = node_keeping(watchful_backplane(&proxy.url()), 16).await;
+    let (_redis, proxy, a, b) = a_and_b_behind_a_proxy(16).await;
     let mut on_a = a.hub.subscribe("t");
     wait_listening(&a, 1).await;
     wait_until("B connected", || b.backplane.stats().connected).await;
@@ -888,10 +889,7 @@ async fn with_history_a_resume_asked_while_redis_is_away_is_answered_once_it_is_
 /// the history, or from an id of an epoch Redis no longer has (`lost`, then all of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_many_resumes_waiting_for_redis_are_each_answered_from_where_they_stood() {
-    let redis = Redis::start(None);
-    let proxy = Proxy::start(&redis).await;
-    let a = history_node(&redis, 16).await;
-    let b = node_keeping(watchful_backplane(&proxy.url()), 16).await;
+    let (_redis, proxy, a, b) = a_and_b_behind_a_proxy(16).await;
     let mut on_a = a.hub.subscribe("t");
     wait_listening(&a, 1).await;
     wait_until("B connected", || b.backplane.stats().connected).await;
@@ -943,10 +941,7 @@ async fn with_history_many_resumes_waiting_for_redis_are_each_answered_from_wher
 /// any other once it is back: what is published during the node's next outage is fetched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_a_topic_joined_while_redis_is_away_is_caught_up_after_the_next_outage() {
-    let redis = Redis::start(None);
-    let proxy = Proxy::start(&redis).await;
-    let a = history_node(&redis, 16).await;
-    let b = node_keeping(watchful_backplane(&proxy.url()), 16).await;
+    let (_redis, proxy, a, b) = a_and_b_behind_a_proxy(16).await;
     wait_until("both connected", || {
         a.backplane.stats().connected && b.backplane.stats().connected
     })

@@ -250,7 +250,7 @@ where
                 mut transport,
             } = self;
             let waiting = Waiting::default();
-            tokio::spawn(waiting::sweep(waiting.clone(), sweep_period(head_timeout)));
+            tokio::spawn(waiting::sweep(waiting.clone(), head_timeout));
             let (shutdown, open) = watch::channel(Shared {
                 shutdown_timeout,
                 waiting: waiting.clone(),
@@ -497,11 +497,6 @@ where
             }
         }
     }
-}
-
-/// How often the connections waiting for their head are checked against `head_timeout`.
-fn sweep_period(head_timeout: Duration) -> Duration {
-    (head_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// Completes when the server shuts down gracefully; never when it is merely dropped.

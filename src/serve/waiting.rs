@@ -88,12 +88,12 @@ impl Waiting {
     /// The connection of `ticket` has its head, or has failed before: it leaves.
     pub(super) fn leave(&self, ticket: Ticket) {
         let mut places = self.places();
-        if let Some(place) = places.places.get_mut(ticket.index as usize)
-            && place.generation == ticket.generation
+        if places
+            .places
+            .get(ticket.index as usize)
+            .is_some_and(|place| place.generation == ticket.generation)
         {
-            place.generation = 0;
-            place.task = None;
-            places.free.push(ticket.index);
+            places.vacate(ticket.index);
         }
     }
 
@@ -109,37 +109,32 @@ impl Waiting {
 
     /// Closes the connections whose time is up at `now`, and returns how many.
     fn sweep(&self, now: Instant) -> usize {
-        self.close(|places, place| place.deadline <= millis(places, now))
+        self.close(Some(now))
     }
 
     /// Closes every waiting connection: the server shuts down.
     pub(super) fn close_all(&self) {
-        self.close(|_, _| true);
+        self.close(None);
     }
 
-    fn close(&self, ends: impl Fn(Instant, &Place) -> bool) -> usize {
+    /// Closes the connections whose time is up at `now`, or all of them.
+    fn close(&self, now: Option<Instant>) -> usize {
         let tasks: Vec<AbortHandle> = {
             let mut places = self.places();
-            let Places {
-                epoch,
-                places,
-                free,
-                ..
-            } = &mut *places;
+            let due = now.map(|now| millis(places.epoch, now));
             let mut tasks = Vec::new();
-            for (index, place) in places.iter_mut().enumerate() {
-                if place.generation != 0 && ends(*epoch, place) {
-                    place.generation = 0;
-                    tasks.extend(place.task.take());
-                    free.push(index as u32);
+            for index in 0..places.places.len() {
+                let place = &places.places[index];
+                if place.generation != 0 && due.is_none_or(|due| place.deadline <= due) {
+                    tasks.extend(places.vacate(index as u32));
                 }
             }
             // After a storm of connections, every one served: let go of their places.
-            if free.len() == places.len() && places.capacity() > KEPT {
-                places.clear();
-                places.shrink_to(KEPT);
-                free.clear();
-                free.shrink_to(KEPT);
+            if places.free.len() == places.places.len() && places.places.capacity() > KEPT {
+                places.places.clear();
+                places.places.shrink_to(KEPT);
+                places.free.clear();
+                places.free.shrink_to(KEPT);
             }
             tasks
         };
@@ -150,15 +145,26 @@ impl Waiting {
     }
 }
 
+impl Places {
+    /// Frees the place at `index`, and returns its connection's task.
+    fn vacate(&mut self, index: u32) -> Option<AbortHandle> {
+        let place = &mut self.places[index as usize];
+        place.generation = 0;
+        self.free.push(index);
+        place.task.take()
+    }
+}
+
 /// `at`, in milliseconds from `epoch`.
 fn millis(epoch: Instant, at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Enforces the head timeout of `waiting`'s connections, looking every `period`, until
-/// the server and every connection have let go of it (it lives in the value of their
-/// shutdown channel).
-pub(super) async fn sweep(waiting: Waiting, period: Duration) {
+/// Enforces `head_timeout` on `waiting`'s connections, looking a few times per timeout
+/// (at most every second), until the server and every connection have let go of it (it
+/// lives in the value of their shutdown channel).
+pub(super) async fn sweep(waiting: Waiting, head_timeout: Duration) {
+    let period = (head_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
