@@ -32,6 +32,12 @@ pub(super) struct ChannelState {
     ring: VecDeque<Slot>,
     retention: Retention,
     next_seq: u64,
+    /// `next_seq` when the ring was last seen empty: the events since tell a burst from a
+    /// trickle.
+    emptied_at: u64,
+    /// The capacity of the ring a burst left behind, which the next burst allocates at
+    /// once; 0 when the ring keeps what it has.
+    regrow: usize,
     /// Subscriptions reading the ring, ended ones included until they are dropped.
     pub(super) subscribers: usize,
     /// Subscriptions that have not ended: those a broadcast reaches.
@@ -79,6 +85,8 @@ impl Channel {
                 ring: VecDeque::new(),
                 retention,
                 next_seq: 0,
+                emptied_at: 0,
+                regrow: 0,
                 subscribers: 0,
                 live: 0,
                 disconnects: 0,
@@ -197,6 +205,9 @@ impl ChannelState {
         } else {
             None
         };
+        if self.ring.len() == self.ring.capacity() && self.ring.len() < self.regrow {
+            self.ring.reserve_exact(self.regrow - self.ring.len());
+        }
         self.ring.push_back(Slot {
             event,
             unread: self.subscribers,
@@ -301,10 +312,26 @@ impl ChannelState {
         {
             self.ring.pop_front();
         }
-        // A burst may have grown the ring; an idle topic should not keep that memory.
-        if self.ring.is_empty() && self.ring.capacity() > IDLE_RING_CAPACITY {
-            self.ring.shrink_to(IDLE_RING_CAPACITY);
+        if self.ring.is_empty() {
+            self.release();
         }
+    }
+
+    /// Called when the ring is empty. A burst may have grown it, and a topic that goes
+    /// quiet should not keep that memory: after a burst the ring is freed, and the next
+    /// event allocates it at the size the burst needed, at once rather than doubling its
+    /// way up again; after a trickle it keeps a few slots.
+    fn release(&mut self) {
+        if self.ring.capacity() > IDLE_RING_CAPACITY {
+            if self.next_seq - self.emptied_at > IDLE_RING_CAPACITY as u64 {
+                self.regrow = self.ring.capacity();
+                self.ring = VecDeque::new();
+            } else {
+                self.regrow = 0;
+                self.ring.shrink_to(IDLE_RING_CAPACITY);
+            }
+        }
+        self.emptied_at = self.next_seq;
     }
 }
 
@@ -329,8 +356,8 @@ fn gap() -> &'static Arc<Event> {
     GAP.get_or_init(|| Arc::new(Event::new(Bytes::new())))
 }
 
-/// Slots an emptied ring keeps allocated, so that a steady trickle of events does not
-/// allocate for each one.
+/// Slots an emptied ring keeps allocated after a trickle of events, so that a steady one
+/// does not allocate for each event; a burst of more than this frees the ring instead.
 const IDLE_RING_CAPACITY: usize = 8;
 
 /// A gap in a ring, seen from a cursor at it.
@@ -408,5 +435,53 @@ impl Waiters {
         wake.extend(self.slots.drain(..).flatten());
         self.free.clear();
         self.epoch += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_ring_is_freed_after_a_burst_and_kept_small_after_a_trickle() {
+        let retention = Retention {
+            capacity: 256,
+            history: 0,
+            epoch: 1,
+        };
+        let channel = Channel::new("t", 0, retention);
+        let mut state = channel.state.lock().expect("not poisoned");
+        let mut cursor = state.tail();
+        state.join(cursor);
+        let event = Arc::new(Event::new("x"));
+        let publish = |state: &mut ChannelState, events: usize| {
+            for _ in 0..events {
+                state.push(Arc::clone(&event), &mut Default::default());
+            }
+        };
+        let mut read_all = |state: &mut ChannelState| {
+            let mut count = 0;
+            state.read(&mut cursor, usize::MAX, |_| count += 1);
+            count
+        };
+
+        publish(&mut state, 64);
+        let grown = state.ring.capacity();
+        assert!(grown >= 64);
+        assert_eq!(read_all(&mut state), 64);
+        assert_eq!(state.ring.capacity(), 0, "a quiet topic holds no ring");
+
+        publish(&mut state, 1);
+        assert_eq!(state.ring.capacity(), grown, "the burst's size, at once");
+        assert_eq!(read_all(&mut state), 1);
+        assert_eq!(state.ring.capacity(), IDLE_RING_CAPACITY, "after a trickle");
+
+        publish(&mut state, 1);
+        assert_eq!(read_all(&mut state), 1);
+        assert_eq!(
+            state.ring.capacity(),
+            IDLE_RING_CAPACITY,
+            "a trickle keeps it"
+        );
     }
 }
