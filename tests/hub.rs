@@ -329,7 +329,7 @@ async fn the_last_reader_takes_each_event_from_the_ring_and_the_history_stays() 
 #[tokio::test]
 async fn a_publisher_reaches_whoever_subscribes_at_each_broadcast() {
     let hub = Hub::builder().history(2).idle_topics(0).build();
-    let publisher = hub.publisher("t");
+    let mut publisher = hub.publisher("t");
     assert_eq!(publisher.topic(), "t");
     assert_eq!(publisher.broadcast("before anyone"), 0);
     assert_eq!(hub.stats().topics, 0, "a publisher makes no topic");
@@ -353,8 +353,46 @@ async fn a_publisher_reaches_whoever_subscribes_at_each_broadcast() {
     assert!(poll_once(&mut other).is_pending(), "nothing for u");
     assert_eq!(hub.stats().broadcasts, 5, "counted as broadcasts");
 
+    // Forgotten and made again between two of its broadcasts.
+    drop(second);
+    let mut third = hub.subscribe("t");
+    assert_eq!(publisher.broadcast("four"), 1, "the topic made again");
+    assert_eq!(data(&third.recv().await.expect("delivered")), "four");
+    assert_eq!(hub.stats().broadcasts, 6);
+
     hub.close();
     assert_eq!(publisher.broadcast("after close"), 0);
+}
+
+/// A topic kept for its history is the same topic to a publisher, until it is evicted for
+/// another idle one.
+#[tokio::test]
+async fn a_publisher_keeps_an_idle_topics_history_and_finds_it_made_again_after_eviction() {
+    let hub = Hub::builder().shards(1).history(4).idle_topics(1).build();
+    let mut publisher = hub.publisher("t");
+    let first = hub.subscribe("t");
+    assert_eq!(publisher.broadcast("one"), 1);
+    drop(first);
+    assert_eq!(publisher.broadcast("while idle"), 0);
+    let (mut back, resume) = hub.resume("t", "unknown");
+    assert_eq!(resume, tower_fanout::Resume::EventsLost);
+    assert_eq!(data(&back.recv().await.expect("history")), "one");
+    assert_eq!(data(&back.recv().await.expect("history")), "while idle");
+    drop(back);
+
+    // Another idle topic evicts t, whose history goes with it.
+    drop(hub.subscribe("u"));
+    assert_eq!(hub.stats().idle_topics, 1);
+    assert_eq!(publisher.broadcast("to no one"), 0);
+    let (mut again, _) = hub.resume("t", "unknown");
+    assert_eq!(publisher.broadcast("two"), 1);
+    assert_eq!(
+        data(&again.recv().await.expect("live")),
+        "two",
+        "nothing of the evicted topic's history"
+    );
+    assert_eq!(hub.stats().broadcasts, 4);
+    assert_eq!(hub.stats().deliveries, 2);
 }
 
 /// The next thing `subscriber` receives, as text: `topic data`, `topic lagged N`, or

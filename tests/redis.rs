@@ -501,7 +501,7 @@ async fn a_publisher_reaches_the_subscribers_of_every_node() {
     wait_listening(&a, 1).await;
     wait_listening(&b, 1).await;
 
-    let publisher = a.hub.publisher("t");
+    let mut publisher = a.hub.publisher("t");
     for i in 0..3 {
         assert_eq!(
             publisher.broadcast(format!("p{i}")),

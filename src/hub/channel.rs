@@ -5,6 +5,7 @@
 //! the ring lets go of it once every subscriber has read it. A subscriber that never reads
 //! costs nothing but its cursor, and memory per topic is bounded by the ring's capacity.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,6 +48,14 @@ pub(super) struct ChannelState {
     pub(super) disconnects: u64,
     pub(super) waiters: Waiters,
     pub(super) closed: Option<CloseReason>,
+    /// Removed from its shard's table: a [`Publisher`](super::Publisher) holding it looks
+    /// the topic up again.
+    pub(super) retired: bool,
+    /// Broadcasts that reached the channel, and the deliveries they made: counted under
+    /// its lock, which a publisher holding it takes alone, and added to the shard's counts
+    /// when it is forgotten.
+    pub(super) broadcasts: u64,
+    pub(super) deliveries: u64,
 }
 
 /// How many events a channel keeps, and the incarnation its ids are drawn from.
@@ -92,6 +101,9 @@ impl Channel {
                 disconnects: 0,
                 waiters: Waiters::default(),
                 closed: None,
+                retired: false,
+                broadcasts: 0,
+                deliveries: 0,
             }),
         }
     }
@@ -176,14 +188,13 @@ impl ChannelState {
         self.next_seq - self.ring.len() as u64
     }
 
-    /// Appends `event` for every current subscriber, moves the wakers of waiting
-    /// subscribers to `wake`, and returns the event that fell out of a full ring, so that
-    /// the caller frees it after unlocking.
-    pub(super) fn push(
-        &mut self,
-        mut event: Arc<Event>,
-        wake: &mut Vec<Waker>,
-    ) -> Option<Arc<Event>> {
+    /// Appends the broadcast `event` for every current subscriber, moves the wakers of
+    /// waiting subscribers to `wake`, and returns the event that fell out of a full ring,
+    /// so that the caller frees it after unlocking.
+    #[inline(always)]
+    pub(super) fn push(&mut self, mut event: Arc<Event>, wake: &mut Wakeups) -> Option<Arc<Event>> {
+        self.broadcasts += 1;
+        self.deliveries += self.live as u64;
         if self.keeps_history()
             && event.event_id().is_none()
             && let Some(event) = Arc::get_mut(&mut event)
@@ -195,11 +206,12 @@ impl ChannelState {
 
     /// Marks a gap: events of the topic are missing here, which no one on this node will
     /// get. Every subscriber, and every later resume that replays past it, is told.
-    pub(super) fn push_gap(&mut self, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
+    pub(super) fn push_gap(&mut self, wake: &mut Wakeups) -> Option<Arc<Event>> {
         self.append(Arc::clone(gap()), wake)
     }
 
-    fn append(&mut self, event: Arc<Event>, wake: &mut Vec<Waker>) -> Option<Arc<Event>> {
+    #[inline(always)]
+    fn append(&mut self, event: Arc<Event>, wake: &mut Wakeups) -> Option<Arc<Event>> {
         let evicted = if self.ring.len() == self.retention.capacity {
             self.ring.pop_front().map(|slot| slot.event)
         } else {
@@ -213,7 +225,10 @@ impl ChannelState {
             unread: self.subscribers,
         });
         self.next_seq += 1;
-        self.trim();
+        // Only a ring with nobody to read its oldest event has anything to drop.
+        if self.ring.front().is_some_and(|slot| slot.unread == 0) {
+            self.trim();
+        }
         self.waiters.take_all(wake);
         evicted
     }
@@ -428,13 +443,53 @@ impl Waiters {
         }
     }
 
-    pub(super) fn take_all(&mut self, wake: &mut Vec<Waker>) {
+    pub(super) fn take_all(&mut self, wake: &mut Wakeups) {
         if self.slots.is_empty() {
             return;
         }
-        wake.extend(self.slots.drain(..).flatten());
+        wake.list().extend(self.slots.drain(..).flatten());
         self.free.clear();
         self.epoch += 1;
+    }
+}
+
+/// Wakers taken from channels under their locks, woken when this is dropped: declared
+/// before the guards, it is dropped after them, so no lock is held while a task is woken.
+///
+/// It borrows a list kept per thread once a waker is taken, and only then: a broadcast
+/// that wakes no one, as most in a burst do, does not touch it.
+#[derive(Default)]
+pub(super) struct Wakeups {
+    list: Option<Vec<Waker>>,
+}
+
+thread_local! {
+    static WAKE_LIST: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
+}
+
+impl Wakeups {
+    fn list(&mut self) -> &mut Vec<Waker> {
+        // Taken rather than borrowed: a waker may broadcast again on this thread.
+        self.list
+            .get_or_insert_with(|| WAKE_LIST.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Wakeups {
+    #[cold]
+    fn wake_all(list: &mut Vec<Waker>) {
+        list.drain(..).for_each(Waker::wake);
+    }
+}
+
+impl Drop for Wakeups {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(mut list) = self.list.take() {
+            Self::wake_all(&mut list);
+            // Kept for the next broadcast, unless the thread is going away.
+            let _ = WAKE_LIST.try_with(|kept| kept.set(list));
+        }
     }
 }
 

@@ -43,11 +43,10 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
 
 use hashbrown::HashTable;
 
-use self::channel::{Channel, ChannelState, Retention};
+use self::channel::{Channel, ChannelState, Retention, Wakeups};
 pub use self::publisher::Publisher;
 pub(crate) use self::subscriber::{Item, Joined, Since};
 pub use self::subscriber::{Received, Subscriber};
@@ -110,6 +109,8 @@ struct ShardState {
     /// The generation of the newest entry of `idle`.
     idle_generation: u64,
     subscribers: usize,
+    /// Broadcasts that found no channel, and those of channels forgotten, with their
+    /// deliveries; a channel in the table counts its own.
     broadcasts: u64,
     deliveries: u64,
 }
@@ -453,16 +454,15 @@ impl Hub {
     /// ended already.
     pub fn disconnect(&self, topic: &str) -> usize {
         let hash = self.inner.hash(topic);
-        with_wake_list(|wake| {
-            let state = lock(&self.inner.shard(hash).state);
-            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
-                return 0;
-            };
-            let mut channel = lock(&channel.state);
-            channel.disconnects += 1;
-            channel.waiters.take_all(wake);
-            std::mem::take(&mut channel.live)
-        })
+        let mut wake = Wakeups::default();
+        let state = lock(&self.inner.shard(hash).state);
+        let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
+            return 0;
+        };
+        let mut channel = lock(&channel.state);
+        channel.disconnects += 1;
+        channel.waiters.take_all(&mut wake);
+        std::mem::take(&mut channel.live)
     }
 
     /// Adds a subscriber to `topic`'s channel, creating it if needed, at the cursor `start`
@@ -530,15 +530,14 @@ impl Hub {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         for shard in self.inner.shards.iter() {
-            with_wake_list(|wake| {
-                let state = lock(&shard.state);
-                for channel in &state.topics {
-                    let mut channel = lock(&channel.state);
-                    channel.closed = Some(CloseReason::HubClosed);
-                    channel.live = 0;
-                    channel.waiters.take_all(wake);
-                }
-            });
+            let mut wake = Wakeups::default();
+            let state = lock(&shard.state);
+            for channel in &state.topics {
+                let mut channel = lock(&channel.state);
+                channel.closed = Some(CloseReason::HubClosed);
+                channel.live = 0;
+                channel.waiters.take_all(&mut wake);
+            }
         }
     }
 
@@ -547,7 +546,9 @@ impl Hub {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// A snapshot of the hub's counters, summed over its shards.
+    /// A snapshot of the hub's counters, summed over its shards and topics. It takes each
+    /// topic's lock in turn, so its cost grows with the topics: a call per metrics scrape,
+    /// not per broadcast.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         for shard in self.inner.shards.iter() {
@@ -557,6 +558,11 @@ impl Hub {
             stats.subscribers += state.subscribers;
             stats.broadcasts += state.broadcasts;
             stats.deliveries += state.deliveries;
+            for channel in &state.topics {
+                let channel = lock(&channel.state);
+                stats.broadcasts += channel.broadcasts;
+                stats.deliveries += channel.deliveries;
+            }
             drop(state);
             stats.dropped += shard.dropped.load(Ordering::Relaxed);
             stats.lag_disconnects += shard.lag_disconnects.load(Ordering::Relaxed);
@@ -567,18 +573,32 @@ impl Hub {
 
 impl HubCore {
     /// Delivers `event` as [`deliver`](Self::deliver) does, once it holds only what it
-    /// needs: a broadcast's data, or another node's (a view into a message that carried
-    /// many events), may share a larger allocation.
-    pub(crate) fn take(&self, topic: &str, hash: u64, mut event: Event, publish: bool) -> usize {
+    /// needs.
+    pub(crate) fn take(&self, topic: &str, hash: u64, event: Event, publish: bool) -> usize {
+        self.deliver(topic, hash, self.keepable(event), publish, None)
+    }
+
+    /// `event` as the hub keeps it: a broadcast's data, or another node's (a view into a
+    /// message that carried many events), may share a larger allocation. Allocated before
+    /// any lock is taken.
+    #[inline]
+    fn keepable(&self, mut event: Event) -> Arc<Event> {
         // Events kept for history live long: what they share is copied too.
         event.own_small_data(self.history > 0);
-        // Allocated before any lock is taken.
-        self.deliver(topic, hash, Arc::new(event), publish)
+        Arc::new(event)
     }
 
     /// Hands `event` to the local subscribers of `topic`, whose hash is `hash`, and, for a
-    /// broadcast of this node, to the backplane.
-    fn deliver(&self, topic: &str, hash: u64, event: Arc<Event>, publish: bool) -> usize {
+    /// broadcast of this node, to the backplane. A publisher passes the channel it found
+    /// last, which is used while it is the topic's and replaced when it is not.
+    fn deliver(
+        &self,
+        topic: &str,
+        hash: u64,
+        event: Arc<Event>,
+        publish: bool,
+        cached: Option<&mut Option<Arc<Channel>>>,
+    ) -> usize {
         if self.closed.load(Ordering::Acquire) {
             return 0;
         }
@@ -587,77 +607,108 @@ impl HubCore {
         } else {
             None
         };
-        let shard = self.shard(hash);
-        if let Some(backplane) = backplane.filter(|_| self.ordered.load(Ordering::Acquire)) {
-            // Delivered here too once it comes back, in the cluster's order.
-            backplane.publish(topic, &event);
-            let state = lock(&shard.state);
-            return state
-                .topics
-                .find(hash, |channel| channel.is(topic))
-                .map_or(0, |channel| lock(&channel.state).live);
-        }
-        let (reached, published, _evicted) = with_wake_list(|wake| {
-            let mut state = lock(&shard.state);
-            state.broadcasts += 1;
-            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
-                return (0, Some(event), None);
-            };
-            let mut channel = lock(&channel.state);
-            let reached = channel.live;
-            let evicted = channel.push(event, wake);
-            // What the others get carries the id this node gave it.
-            let published = backplane.and_then(|_| channel.newest());
-            drop(channel);
-            state.deliveries += reached as u64;
-            (reached, published, evicted)
-        });
+        // Declared first, so that tasks are woken after every lock is released.
+        let mut wake = Wakeups::default();
+        let (reached, published, _evicted) = 'pushed: {
+            if let Some(channel) = cached.as_deref().and_then(Option::as_ref) {
+                let channel = lock(&channel.state);
+                if !channel.retired {
+                    break 'pushed self.hand_over(channel, event, backplane, &mut wake);
+                }
+            }
+            let mut state = lock(&self.shard(hash).state);
+            let found = state.topics.find(hash, |channel| channel.is(topic));
+            if let Some(cached) = cached {
+                cached.clone_from(&found.cloned());
+            }
+            match found {
+                Some(channel) => self.hand_over(lock(&channel.state), event, backplane, &mut wake),
+                None => {
+                    state.broadcasts += 1;
+                    (0, Some(event), None)
+                }
+            }
+        };
         if let (Some(backplane), Some(event)) = (backplane, published) {
             backplane.publish(topic, &event);
         }
         reached
     }
 
+    /// The part of [`deliver`](Self::deliver) under `channel`'s lock: pushes `event` to
+    /// its subscribers. Returns how many it reaches, what to publish to `backplane` once
+    /// unlocked, and what fell out of the ring, to be freed then. With a backplane that
+    /// delivers in the cluster's order, pushes nothing: the event comes back to be pushed.
+    #[inline(always)]
+    fn hand_over(
+        &self,
+        mut channel: MutexGuard<'_, ChannelState>,
+        event: Arc<Event>,
+        backplane: Option<&Arc<dyn Backplane>>,
+        wake: &mut Wakeups,
+    ) -> (usize, Option<Arc<Event>>, Option<Arc<Event>>) {
+        let reached = channel.live;
+        if backplane.is_some() && self.ordered.load(Ordering::Acquire) {
+            return (reached, Some(event), None);
+        }
+        let evicted = channel.push(event, wake);
+        // What the others get carries the id this node gave it.
+        let published = backplane.and_then(|_| channel.newest());
+        (reached, published, evicted)
+    }
+
     /// Marks a gap in `topic`'s ring, if this node knows the topic; returns how many
     /// subscribers it has.
     pub(crate) fn mark_lost(&self, topic: &str) -> usize {
         let hash = self.hash(topic);
-        let (reached, _evicted) = with_wake_list(|wake| {
-            let state = lock(&self.shard(hash).state);
-            let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
-                return (0, None);
-            };
-            let mut channel = lock(&channel.state);
-            (channel.live, channel.push_gap(wake))
-        });
+        let mut wake = Wakeups::default();
+        let state = lock(&self.shard(hash).state);
+        let Some(channel) = state.topics.find(hash, |channel| channel.is(topic)) else {
+            return 0;
+        };
+        let mut channel = lock(&channel.state);
+        let evicted = channel.push_gap(&mut wake);
+        let reached = channel.live;
+        drop(channel);
+        drop(state);
+        drop(evicted);
         reached
     }
 
-    /// Removes `channel` from its shard's table; the node stops listening to its topic.
-    fn forget(&self, state: &mut ShardState, channel: &Arc<Channel>) {
+    /// Removes `channel`, whose state `channel_state` is, from its shard's table; the
+    /// node stops listening to its topic.
+    fn forget(
+        &self,
+        state: &mut ShardState,
+        channel: &Arc<Channel>,
+        channel_state: &mut ChannelState,
+    ) {
         if let Ok(entry) = state
             .topics
             .find_entry(channel.hash, |registered| Arc::ptr_eq(registered, channel))
         {
             entry.remove();
+            channel_state.retired = true;
+            state.broadcasts += channel_state.broadcasts;
+            state.deliveries += channel_state.deliveries;
             if let Some(backplane) = &self.backplane {
                 backplane.unsubscribe(&channel.topic);
             }
         }
     }
 
-    /// Called under the shard's lock when `channel` has lost its last subscriber: forgets
-    /// it, or keeps it for its history while no more than the bound of topics are idle,
-    /// forgetting the longest idle beyond it. Returns what the caller frees after
-    /// unlocking.
+    /// Called under the shard's lock and that of `channel`, whose state is
+    /// `channel_state`, when it has lost its last subscriber: forgets it, or keeps it for
+    /// its history while no more than the bound of topics are idle, forgetting the longest
+    /// idle beyond it. Returns what the caller frees after unlocking.
     fn retire(
         &self,
         state: &mut ShardState,
         channel: &Arc<Channel>,
-        keeps_history: bool,
+        channel_state: &mut ChannelState,
     ) -> Vec<Arc<Channel>> {
-        if !keeps_history {
-            self.forget(state, channel);
+        if !channel_state.keeps_history() {
+            self.forget(state, channel, channel_state);
             return Vec::new();
         }
         state.idle_generation += 1;
@@ -675,7 +726,12 @@ impl HubCore {
             if oldest.idle.load(Ordering::Relaxed) == generation {
                 oldest.idle.store(0, Ordering::Relaxed);
                 state.idle_topics -= 1;
-                self.forget(state, &oldest);
+                // `channel` is locked already: it is evicted at once when no topic may idle.
+                if Arc::ptr_eq(&oldest, channel) {
+                    self.forget(state, &oldest, channel_state);
+                } else {
+                    self.forget(state, &oldest, &mut lock(&oldest.state));
+                }
                 forgotten.push(oldest);
             }
         }
@@ -710,27 +766,6 @@ impl HubCore {
 /// the state stays consistent between statements.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs `f`, which collects wakers while holding locks, then wakes them after `f` has
-/// returned and its locks are released. What `f` returns is also dropped only then, so
-/// that evicted events are freed outside the locks too.
-///
-/// The list is reused per thread, so a broadcast does not allocate for it.
-fn with_wake_list<R>(f: impl FnOnce(&mut Vec<Waker>) -> R) -> R {
-    thread_local! {
-        static WAKE_LIST: std::cell::Cell<Vec<Waker>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-    WAKE_LIST.with(|list| {
-        // Taken rather than borrowed: a waker may broadcast again on this thread.
-        let mut wake = list.take();
-        let result = f(&mut wake);
-        if !wake.is_empty() {
-            wake.drain(..).for_each(Waker::wake);
-        }
-        list.set(wake);
-        result
-    })
 }
 
 #[cfg(test)]

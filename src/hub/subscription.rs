@@ -421,10 +421,9 @@ impl Subscription {
             let missed = channel.leave(self.cursor, ended);
             state.subscribers -= 1;
             let forgotten = if channel.subscribers == 0 {
-                let keeps_history = channel.keeps_history();
                 self.hub
                     .inner
-                    .retire(&mut state, &self.channel, keeps_history)
+                    .retire(&mut state, &self.channel, &mut channel)
             } else {
                 Vec::new()
             };
