@@ -6,8 +6,9 @@
 //! - `fanout/*/{1,100,10000}`: bursts of events to one topic whose subscribers are tasks on
 //!   a two-worker runtime, draining; an iteration ends when every subscriber has received
 //!   the whole burst. Throughput is in deliveries. `hub` broadcasts by the topic's name,
-//!   `hub_publisher` through a [`Publisher`](tower_fanout::Publisher) of it, as tokio's
-//!   sender is one of its channel.
+//!   as `global_lock` does (the map below, with one topic); `hub_publisher` through a
+//!   [`Publisher`](tower_fanout::Publisher) of it, as `tokio_broadcast` sends through its
+//!   channel's sender.
 //! - `many_topics/idle/*/{16,256}`: two threads broadcasting round-robin over 10 000
 //!   distinct topics, each with one subscriber that never reads, with rings of 16 and of
 //!   256 events. Throughput is in broadcasts.
@@ -61,7 +62,7 @@ impl Progress {
         finished: &mpsc::Receiver<()>,
         iters: u64,
         per_burst: u64,
-        publish: impl Fn(),
+        mut publish: impl FnMut(),
     ) -> Duration {
         let start = Instant::now();
         for _ in 0..iters {
@@ -97,6 +98,24 @@ fn drain(rt: &Runtime, mut subscription: tower_fanout::Subscription, progress: &
     });
 }
 
+/// The same for a tokio receiver: one `recv`, then what else is there.
+fn drain_receiver(
+    rt: &Runtime,
+    mut receiver: broadcast::Receiver<Arc<Event>>,
+    progress: &Arc<Progress>,
+) {
+    let progress = Arc::clone(progress);
+    rt.spawn(async move {
+        while receiver.recv().await.is_ok() {
+            let mut count = 1;
+            while receiver.try_recv().is_ok() {
+                count += 1;
+            }
+            progress.add(count);
+        }
+    });
+}
+
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     group
@@ -112,7 +131,7 @@ fn fanout(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(name, subscribers), |b| {
                 let rt = runtime();
                 let hub = Hub::builder().buffer(CAPACITY).build();
-                let publisher = hub.publisher("bench");
+                let mut publisher = hub.publisher("bench");
                 let (progress, finished) = Progress::new();
                 for _ in 0..subscribers {
                     drain(&rt, hub.subscribe("bench"), &progress);
@@ -140,17 +159,7 @@ fn fanout(c: &mut Criterion) {
             let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
             let (progress, finished) = Progress::new();
             for _ in 0..subscribers {
-                let mut receiver = sender.subscribe();
-                let progress = Arc::clone(&progress);
-                rt.spawn(async move {
-                    while receiver.recv().await.is_ok() {
-                        let mut count = 1;
-                        while receiver.try_recv().is_ok() {
-                            count += 1;
-                        }
-                        progress.add(count);
-                    }
-                });
+                drain_receiver(&rt, sender.subscribe(), &progress);
             }
             let payload = bytes::Bytes::from_static(&[b'x'; 64]);
             b.iter_custom(|iters| {
@@ -161,6 +170,26 @@ fn fanout(c: &mut Criterion) {
                 })
             });
             drop(sender);
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+
+        // By name, as a hand-rolled hub does: the counterpart of the hub's `broadcast`.
+        group.bench_function(BenchmarkId::new("global_lock", subscribers), |b| {
+            let rt = runtime();
+            let hub = GlobalLockHub::new(CAPACITY);
+            let (progress, finished) = Progress::new();
+            for _ in 0..subscribers {
+                drain_receiver(&rt, hub.subscribe("bench"), &progress);
+            }
+            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+            b.iter_custom(|iters| {
+                progress.run(&finished, iters, subscribers * BURST, || {
+                    for _ in 0..BURST {
+                        black_box(hub.broadcast("bench", Event::new(payload.clone())));
+                    }
+                })
+            });
+            hub.topics.lock().expect("not poisoned").clear();
             rt.shutdown_timeout(Duration::from_secs(5));
         });
     }
@@ -284,17 +313,7 @@ fn many_topics(c: &mut Criterion) {
         let hub = GlobalLockHub::new(CAPACITY);
         let (progress, finished) = Progress::new();
         for name in &names {
-            let mut receiver = hub.subscribe(name);
-            let progress = Arc::clone(&progress);
-            rt.spawn(async move {
-                while receiver.recv().await.is_ok() {
-                    let mut count = 1;
-                    while receiver.try_recv().is_ok() {
-                        count += 1;
-                    }
-                    progress.add(count);
-                }
-            });
+            drain_receiver(&rt, hub.subscribe(name), &progress);
         }
         b.iter_custom(|iters| {
             progress.run(&finished, iters, TOPICS as u64, || {

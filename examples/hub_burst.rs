@@ -8,7 +8,8 @@
 //!
 //! Each round builds a two-worker runtime whose tasks subscribe, then a thread of its own
 //! broadcasts `bursts` bursts of 64 events of 64 bytes, each once the last has reached
-//! every subscriber. A round of the hub, then one of tokio, `rounds` times. For each it
+//! every subscriber. A round of the hub by the topic's name, one through a `Publisher`,
+//! then one of tokio, `rounds` times. For each it
 //! prints the deliveries per second, the time of a burst from its first broadcast until
 //! every subscriber holds it, and the part of that the publisher spent broadcasting.
 
@@ -56,7 +57,7 @@ impl Progress {
 fn round(
     options: &Options,
     subscribe: impl FnOnce(&tokio::runtime::Runtime, &Arc<Progress>),
-    publish: impl Fn(Event),
+    mut publish: impl FnMut(Event),
 ) -> Result<Round, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,8 +96,12 @@ fn round(
     })
 }
 
-fn hub_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
+/// A round of the hub, broadcasting by the topic's name or through a [`Publisher`].
+///
+/// [`Publisher`]: tower_fanout::Publisher
+fn hub_round(options: &Options, by_publisher: bool) -> Result<Round, Box<dyn std::error::Error>> {
     let hub = Hub::builder().buffer(CAPACITY).build();
+    let mut publisher = hub.publisher("bench");
     let round = round(
         options,
         |runtime, progress| {
@@ -113,7 +118,11 @@ fn hub_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
             }
         },
         |event| {
-            std::hint::black_box(hub.broadcast("bench", event));
+            std::hint::black_box(if by_publisher {
+                publisher.broadcast(event)
+            } else {
+                hub.broadcast("bench", event)
+            });
         },
     );
     hub.close();
@@ -145,6 +154,22 @@ fn tokio_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
     )
 }
 
+impl Round {
+    fn describe(&self) -> String {
+        format!(
+            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs)",
+            self.rate,
+            self.burst.as_secs_f64() * 1e6,
+            self.publishing.as_secs_f64() * 1e6
+        )
+    }
+}
+
+fn median(ratios: &mut [f64]) -> f64 {
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
 fn parse() -> Result<Options, Box<dyn std::error::Error>> {
     let mut options = Options {
         subscribers: 1,
@@ -174,24 +199,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} subscriber(s), {} bursts of {BURST} per round",
         options.subscribers, options.bursts
     );
-    let mut ratios = Vec::with_capacity(options.rounds);
+    let mut by_name = Vec::with_capacity(options.rounds);
+    let mut by_publisher = Vec::with_capacity(options.rounds);
     for number in 1..=options.rounds {
-        let hub = hub_round(&options)?;
+        let hub = hub_round(&options, false)?;
+        let publisher = hub_round(&options, true)?;
         let tokio = tokio_round(&options)?;
-        let ratio = hub.rate / tokio.rate;
         println!(
-            "round {number}: hub {:.2} M/s (burst {:.1} µs, publishing {:.1} µs)  \
-             tokio {:.2} M/s (burst {:.1} µs, publishing {:.1} µs)  {ratio:.2}x",
-            hub.rate,
-            hub.burst.as_secs_f64() * 1e6,
-            hub.publishing.as_secs_f64() * 1e6,
-            tokio.rate,
-            tokio.burst.as_secs_f64() * 1e6,
-            tokio.publishing.as_secs_f64() * 1e6,
+            "round {number}: hub {}  publisher {}  tokio {}  {:.2}x / {:.2}x",
+            hub.describe(),
+            publisher.describe(),
+            tokio.describe(),
+            hub.rate / tokio.rate,
+            publisher.rate / tokio.rate,
         );
-        ratios.push(ratio);
+        by_name.push(hub.rate / tokio.rate);
+        by_publisher.push(publisher.rate / tokio.rate);
     }
-    ratios.sort_by(f64::total_cmp);
-    println!("median ratio {:.2}x", ratios[ratios.len() / 2]);
+    println!(
+        "median ratio to tokio: by name {:.2}x, through a publisher {:.2}x",
+        median(&mut by_name),
+        median(&mut by_publisher)
+    );
     Ok(())
 }
