@@ -25,7 +25,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError};
@@ -705,7 +705,17 @@ where
 
     /// Best effort: a peer that stopped reading cannot receive it anyway.
     async fn drain(&mut self) {
-        let _ = timeout(self.config.write_timeout, poll_fn(|cx| self.poll_flush(cx))).await;
+        // The session's alarm keeps time: a timer of its own would make every
+        // connection's task larger, since the task has room for its largest state.
+        self.alarm.set(Instant::now() + self.config.write_timeout);
+        poll_fn(|cx| {
+            if self.poll_flush(cx).is_ready() || self.alarm.poll_rung(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
