@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast;
 use tower_fanout::{Event, Hub};
@@ -116,6 +116,33 @@ fn drain_receiver(
     });
 }
 
+/// The burst bench of a baseline built on tokio's channel: `subscribe` makes each
+/// subscriber's receiver from `source`, `publish` sends one event through it. Dropping
+/// `source` at the end ends the receivers.
+fn tokio_burst<S>(
+    b: &mut Bencher<'_>,
+    subscribers: u64,
+    source: S,
+    subscribe: impl Fn(&S) -> broadcast::Receiver<Arc<Event>>,
+    publish: impl Fn(&S, Event),
+) {
+    let rt = runtime();
+    let (progress, finished) = Progress::new();
+    for _ in 0..subscribers {
+        drain_receiver(&rt, subscribe(&source), &progress);
+    }
+    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+    b.iter_custom(|iters| {
+        progress.run(&finished, iters, subscribers * BURST, || {
+            for _ in 0..BURST {
+                publish(&source, Event::new(payload.clone()));
+            }
+        })
+    });
+    drop(source);
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
+
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     group
@@ -155,42 +182,29 @@ fn fanout(c: &mut Criterion) {
         }
 
         group.bench_function(BenchmarkId::new("tokio_broadcast", subscribers), |b| {
-            let rt = runtime();
             let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
-            let (progress, finished) = Progress::new();
-            for _ in 0..subscribers {
-                drain_receiver(&rt, sender.subscribe(), &progress);
-            }
-            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-            b.iter_custom(|iters| {
-                progress.run(&finished, iters, subscribers * BURST, || {
-                    for _ in 0..BURST {
-                        black_box(sender.send(Arc::new(Event::new(payload.clone()))).ok());
-                    }
-                })
-            });
-            drop(sender);
-            rt.shutdown_timeout(Duration::from_secs(5));
+            tokio_burst(
+                b,
+                subscribers,
+                sender,
+                broadcast::Sender::subscribe,
+                |sender, event| {
+                    black_box(sender.send(Arc::new(event)).ok());
+                },
+            );
         });
 
         // By name, as a hand-rolled hub does: the counterpart of the hub's `broadcast`.
         group.bench_function(BenchmarkId::new("global_lock", subscribers), |b| {
-            let rt = runtime();
-            let hub = GlobalLockHub::new(CAPACITY);
-            let (progress, finished) = Progress::new();
-            for _ in 0..subscribers {
-                drain_receiver(&rt, hub.subscribe("bench"), &progress);
-            }
-            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-            b.iter_custom(|iters| {
-                progress.run(&finished, iters, subscribers * BURST, || {
-                    for _ in 0..BURST {
-                        black_box(hub.broadcast("bench", Event::new(payload.clone())));
-                    }
-                })
-            });
-            hub.topics.lock().expect("not poisoned").clear();
-            rt.shutdown_timeout(Duration::from_secs(5));
+            tokio_burst(
+                b,
+                subscribers,
+                GlobalLockHub::new(CAPACITY),
+                |hub| hub.subscribe("bench"),
+                |hub, event| {
+                    black_box(hub.broadcast("bench", event));
+                },
+            );
         });
     }
     group.finish();

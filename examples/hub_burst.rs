@@ -9,9 +9,9 @@
 //! Each round builds a two-worker runtime whose tasks subscribe, then a thread of its own
 //! broadcasts `bursts` bursts of 64 events of 64 bytes, each once the last has reached
 //! every subscriber. A round of the hub by the topic's name, one through a `Publisher`,
-//! then one of tokio, `rounds` times. For each it
-//! prints the deliveries per second, the time of a burst from its first broadcast until
-//! every subscriber holds it, and the part of that the publisher spent broadcasting.
+//! then one of tokio, `rounds` times. For each it prints the deliveries per second, the
+//! time of a burst from its first broadcast until every subscriber holds it, and the part
+//! of that the publisher spent broadcasting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};

@@ -19,8 +19,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use common::{
-    Inner, SseClient, WAIT, assert_fan_out, raw_request, recording_layer, serve_fanout, tls,
-    wait_until,
+    Inner, SseClient, WAIT, assert_fan_out, raw_request, read_until_closed, recording_layer,
+    serve_fanout, tls, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,12 +57,7 @@ async fn an_event_stream_is_chunked_and_its_end_closes_the_connection() {
 
     hub.disconnect("t");
     sse.until_end().await;
-    let mut rest = Vec::new();
-    let mut stream = sse.into_stream();
-    timeout(WAIT, stream.read_to_end(&mut rest))
-        .await
-        .expect("closed in time")
-        .expect("read");
+    let rest = read_until_closed(&mut sse.into_stream()).await;
     assert_eq!(rest, b"", "nothing after the last chunk");
 }
 
@@ -210,11 +205,7 @@ async fn connections_without_a_request_head_in_time_are_closed() {
     wait_until("subscribed", || hub.stats().subscribers == 1).await;
 
     for stream in [&mut silent, &mut partial] {
-        let mut rest = Vec::new();
-        timeout(WAIT, stream.read_to_end(&mut rest))
-            .await
-            .expect("closed in time")
-            .expect("read");
+        let rest = read_until_closed(stream).await;
         assert!(rest.is_empty(), "closed without an answer");
     }
     // The stream outlived the two, whose timeout had passed: it is served on.

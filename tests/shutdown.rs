@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
-use common::{Inner, SseClient, WAIT, Ws, wait_until, ws_connect};
+use common::{Inner, SseClient, WAIT, Ws, read_until_closed, wait_until, ws_connect};
 
 struct Open {
     sockets: Vec<Ws>,
@@ -55,12 +55,7 @@ async fn shut_down(
         assert_eq!(common::close_code(&mut socket).await, Some(1001));
     }
     for client in open.streams {
-        let mut rest = Vec::new();
-        let mut stream = client.into_stream();
-        timeout(WAIT, stream.read_to_end(&mut rest))
-            .await
-            .expect("ended in time")
-            .expect("read");
+        read_until_closed(&mut client.into_stream()).await;
     }
     wait_until("no subscribers", || hub.stats().subscribers == 0).await;
 }
@@ -184,11 +179,7 @@ async fn fanout_serve_graceful_shutdown_finishes_with_streams_open() {
     })
     .await;
     for stream in [&mut idle, &mut silent] {
-        let mut rest = Vec::new();
-        timeout(WAIT, stream.read_to_end(&mut rest))
-            .await
-            .expect("closed in time")
-            .expect("read");
+        read_until_closed(stream).await;
     }
     assert!(
         TcpStream::connect(addr).await.is_err(),

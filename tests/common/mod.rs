@@ -140,6 +140,16 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Reads `stream` until the server closes it, for at most `WAIT`; returns what came.
+pub async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    rest
+}
+
 /// Sends a raw HTTP/1.1 request and returns the status code and the whole response text.
 pub async fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
