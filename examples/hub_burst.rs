@@ -10,8 +10,9 @@
 //! broadcasts `bursts` bursts of 64 events of 64 bytes, each once the last has reached
 //! every subscriber. A round of the hub by the topic's name, one through a `Publisher`,
 //! then one of tokio, `rounds` times. For each it prints the deliveries per second, the
-//! time of a burst from its first broadcast until every subscriber holds it, and the part
-//! of that the publisher spent broadcasting.
+//! time of a burst from its first broadcast until every subscriber holds it, the part
+//! of that the publisher spent broadcasting, and how many batches a subscriber read per
+//! burst (one per wake-up, or near it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -35,17 +36,22 @@ struct Round {
     rate: f64,
     burst: Duration,
     publishing: Duration,
+    /// Batches a subscriber took per burst.
+    batches: f64,
 }
 
 /// Counts deliveries and says when a burst has reached everyone.
 struct Progress {
     delivered: AtomicU64,
     target: AtomicU64,
+    /// Batches the subscribers took: a batch a wake-up, roughly.
+    batches: AtomicU64,
     done: Mutex<mpsc::Sender<()>>,
 }
 
 impl Progress {
     fn add(&self, count: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
         let total = self.delivered.fetch_add(count, Ordering::AcqRel) + count;
         if total == self.target.load(Ordering::Acquire) {
             let _ = self.done.lock().expect("not poisoned").send(());
@@ -67,6 +73,7 @@ fn round(
     let progress = Arc::new(Progress {
         delivered: AtomicU64::new(0),
         target: AtomicU64::new(u64::MAX),
+        batches: AtomicU64::new(0),
         done: Mutex::new(done),
     });
     subscribe(&runtime, &progress);
@@ -93,6 +100,8 @@ fn round(
         rate: (per_burst * options.bursts) as f64 / elapsed.as_secs_f64() / 1e6,
         burst: elapsed / bursts,
         publishing: publishing / bursts,
+        batches: progress.batches.load(Ordering::Relaxed) as f64
+            / (options.bursts * options.subscribers) as f64,
     })
 }
 
@@ -157,10 +166,11 @@ fn tokio_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
 impl Round {
     fn describe(&self) -> String {
         format!(
-            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs)",
+            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs, {:.2} batches)",
             self.rate,
             self.burst.as_secs_f64() * 1e6,
-            self.publishing.as_secs_f64() * 1e6
+            self.publishing.as_secs_f64() * 1e6,
+            self.batches
         )
     }
 }

@@ -33,12 +33,9 @@ pub(super) struct ChannelState {
     ring: VecDeque<Slot>,
     retention: Retention,
     next_seq: u64,
-    /// `next_seq` when the ring was last seen empty: the events since tell a burst from a
-    /// trickle.
-    emptied_at: u64,
-    /// The capacity of the ring a burst left behind, which the next burst allocates at
-    /// once; 0 when the ring keeps what it has.
-    regrow: usize,
+    /// `next_seq` at the last [`compact`](Self::compact): no event came since when the two
+    /// are equal.
+    compacted_at: u64,
     /// Subscriptions reading the ring, ended ones included until they are dropped.
     pub(super) subscribers: usize,
     /// Subscriptions that have not ended: those a broadcast reaches.
@@ -94,8 +91,7 @@ impl Channel {
                 ring: VecDeque::new(),
                 retention,
                 next_seq: 0,
-                emptied_at: 0,
-                regrow: 0,
+                compacted_at: 0,
                 subscribers: 0,
                 live: 0,
                 disconnects: 0,
@@ -217,9 +213,6 @@ impl ChannelState {
         } else {
             None
         };
-        if self.ring.len() == self.ring.capacity() && self.ring.len() < self.regrow {
-            self.ring.reserve_exact(self.regrow - self.ring.len());
-        }
         self.ring.push_back(Slot {
             event,
             unread: self.subscribers,
@@ -327,26 +320,22 @@ impl ChannelState {
         {
             self.ring.pop_front();
         }
-        if self.ring.is_empty() {
-            self.release();
-        }
     }
 
-    /// Called when the ring is empty. A burst may have grown it, and a topic that goes
-    /// quiet should not keep that memory: after a burst the ring is freed, and the next
-    /// event allocates it at the size the burst needed, at once rather than doubling its
-    /// way up again; after a trickle it keeps a few slots.
-    fn release(&mut self) {
-        if self.ring.capacity() > IDLE_RING_CAPACITY {
-            if self.next_seq - self.emptied_at > IDLE_RING_CAPACITY as u64 {
-                self.regrow = self.ring.capacity();
-                self.ring = VecDeque::new();
-            } else {
-                self.regrow = 0;
-                self.ring.shrink_to(IDLE_RING_CAPACITY);
-            }
+    #[cfg(test)]
+    pub(super) fn ring_capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Frees the ring of a topic that has gone quiet: empty, and no event since the last
+    /// compaction. Called from its subscribers' timers, not when the ring empties: a ring
+    /// freed at every emptying is allocated again by the next burst, and that allocation,
+    /// of memory another thread freed, costs more than the burst's broadcasts together.
+    pub(super) fn compact(&mut self) {
+        if self.ring.is_empty() && self.next_seq == self.compacted_at {
+            self.ring = VecDeque::new();
         }
-        self.emptied_at = self.next_seq;
+        self.compacted_at = self.next_seq;
     }
 }
 
@@ -370,10 +359,6 @@ fn gap() -> &'static Arc<Event> {
     static GAP: OnceLock<Arc<Event>> = OnceLock::new();
     GAP.get_or_init(|| Arc::new(Event::new(Bytes::new())))
 }
-
-/// Slots an emptied ring keeps allocated after a trickle of events, so that a steady one
-/// does not allocate for each event; a burst of more than this frees the ring instead.
-const IDLE_RING_CAPACITY: usize = 8;
 
 /// A gap in a ring, seen from a cursor at it.
 pub(super) struct Gap<'a> {
@@ -498,7 +483,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_emptied_ring_is_freed_after_a_burst_and_kept_small_after_a_trickle() {
+    fn a_ring_is_kept_while_its_topic_is_busy_and_freed_once_it_is_quiet() {
         let retention = Retention {
             capacity: 256,
             history: 0,
@@ -524,19 +509,30 @@ mod tests {
         let grown = state.ring.capacity();
         assert!(grown >= 64);
         assert_eq!(read_all(&mut state), 64);
-        assert_eq!(state.ring.capacity(), 0, "a quiet topic holds no ring");
+        assert_eq!(state.ring.capacity(), grown, "emptied, not freed");
 
-        publish(&mut state, 1);
-        assert_eq!(state.ring.capacity(), grown, "the burst's size, at once");
-        assert_eq!(read_all(&mut state), 1);
-        assert_eq!(state.ring.capacity(), IDLE_RING_CAPACITY, "after a trickle");
-
-        publish(&mut state, 1);
-        assert_eq!(read_all(&mut state), 1);
+        state.compact();
         assert_eq!(
             state.ring.capacity(),
-            IDLE_RING_CAPACITY,
-            "a trickle keeps it"
+            grown,
+            "events came since the last look"
+        );
+        publish(&mut state, 1);
+        assert_eq!(read_all(&mut state), 1);
+        state.compact();
+        assert_eq!(state.ring.capacity(), grown, "still busy");
+
+        publish(&mut state, 1);
+        state.compact();
+        assert_eq!(state.ring.capacity(), grown, "an unread event is kept");
+        state.compact();
+        assert_eq!(state.ring.capacity(), grown, "still unread");
+        assert_eq!(read_all(&mut state), 1);
+        state.compact();
+        assert_eq!(
+            state.ring.capacity(),
+            0,
+            "empty and quiet since the last look"
         );
     }
 }

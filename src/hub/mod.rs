@@ -232,7 +232,10 @@ impl HubBuilder {
     /// 1. Default: 256.
     ///
     /// Each topic keeps this many recent events in one ring shared by all its subscribers,
-    /// so the cost of a subscriber, slow or not, does not grow with the buffer.
+    /// so the cost of a subscriber, slow or not, does not grow with the buffer. The ring
+    /// grows with use up to this size and keeps its memory while the topic is busy; the
+    /// WebSocket and Server-Sent-Events connections of [`StreamLayer`](crate::StreamLayer)
+    /// free the ring of a topic that has gone quiet, at their pings and keep-alives.
     pub fn buffer(mut self, events: usize) -> Self {
         self.buffer = events.max(1);
         self
@@ -463,6 +466,15 @@ impl Hub {
         channel.disconnects += 1;
         channel.waiters.take_all(&mut wake);
         std::mem::take(&mut channel.live)
+    }
+
+    /// The slots allocated for `topic`'s ring, if this node knows the topic.
+    #[cfg(test)]
+    pub(crate) fn ring_capacity(&self, topic: &str) -> Option<usize> {
+        let hash = self.inner.hash(topic);
+        let state = lock(&self.inner.shard(hash).state);
+        let channel = state.topics.find(hash, |channel| channel.is(topic))?;
+        Some(lock(&channel.state).ring_capacity())
     }
 
     /// Adds a subscriber to `topic`'s channel, creating it if needed, at the cursor `start`

@@ -540,6 +540,14 @@ impl Subscriber {
             topic.subscription.detach();
         }
     }
+
+    /// Lets each topic free its ring if it has gone quiet: see
+    /// [`Subscription::compact`].
+    pub(crate) fn compact(&self) {
+        for topic in self.slots.iter().flatten() {
+            topic.subscription.compact();
+        }
+    }
 }
 
 impl Many {

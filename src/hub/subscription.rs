@@ -437,6 +437,14 @@ impl Subscription {
         // Reads nothing more; the reason matters to no one once it has left.
         self.closed.get_or_insert(CloseReason::Disconnected);
     }
+
+    /// Lets the topic free its ring if it has gone quiet since the last call by any of
+    /// its subscribers: for connections to call from their timers.
+    pub(crate) fn compact(&self) {
+        if self.attached {
+            lock(&self.channel.state).compact();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -258,6 +258,8 @@ impl Body for SseBody {
             }
         }
         if this.poll_quiet(cx) {
+            // Quiet for a while: so may its topics be, whose rings need not stay.
+            this.subscriber.compact();
             return this.sent(KEEP_ALIVE);
         }
         // Quiet, with the batch sent: its memory is let go until events come again, as

@@ -327,6 +327,9 @@ where
         if now >= self.next_ping {
             frame::put(self.out.bytes(), Opcode::Ping, &[]);
             self.next_ping = now + self.config.ping_interval;
+            // A topic quiet since the last ping, of this connection or another, lets
+            // go of its ring.
+            self.topics.compact();
         }
         None
     }
@@ -939,6 +942,48 @@ mod tests {
             written.ends_with(b"last") || again,
             "the event neither went out nor will: {} bytes written",
             written.len()
+        );
+    }
+
+    /// A burst grows the topic's ring; the connection's pings let it go once the topic
+    /// has been quiet from one ping to the next.
+    #[tokio::test]
+    async fn a_quiet_topic_lets_go_of_its_ring_at_the_pings() {
+        let hub = Hub::new();
+        let mut config = Config::new(hub.clone());
+        config.ping_interval = Duration::from_millis(20);
+        let opened = config.open(&["t".to_owned()], None);
+        let pipe = Shared::default();
+        pipe.0.lock().expect("not poisoned").room = usize::MAX;
+        let mut session = Session::new(
+            pipe.clone(),
+            opened,
+            Framing::Data,
+            &config,
+            None,
+            http::Version::HTTP_11,
+        );
+        for i in 0..64 {
+            hub.broadcast("t", format!("event {i}"));
+        }
+        let grown = hub.ring_capacity("t").expect("the topic is known");
+        assert!(grown >= 64, "{grown} slots");
+
+        let freed = async {
+            while hub.ring_capacity("t") != Some(0) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = poll_fn(|cx| session.poll_serve(cx)) => panic!("the session ended"),
+            freed = tokio::time::timeout(Duration::from_secs(10), freed) => {
+                freed.expect("the ring is freed within 10 s of pings");
+            }
+        }
+        let written = std::mem::take(&mut pipe.0.lock().expect("not poisoned").written);
+        assert!(
+            written.windows(8).any(|window| window == b"event 63"),
+            "the burst went out before its ring was freed"
         );
     }
 }
