@@ -66,6 +66,68 @@ async fn ten_thousand_subscribers_receive_every_broadcast_in_order() {
     assert_eq!(stats.dropped, 0);
 }
 
+/// A crowd of waiting subscribers is woken through a task of the runtime a subscriber last
+/// registered from; if that runtime has shut down since, the crowd is woken all the same.
+#[test]
+fn a_crowd_is_woken_though_the_runtime_it_was_seen_on_has_shut_down() {
+    const CROWD: usize = 64;
+    let hub = Hub::new();
+    let gone = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    // Kept, so that the topic is: its waker is of no task.
+    let early = gone.block_on(async {
+        let mut early = hub.subscribe("crowd");
+        assert!(poll_once(&mut early).is_pending(), "registered from here");
+        early
+    });
+    drop(gone);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let (waiting, waits) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..CROWD)
+        .map(|_| {
+            let mut subscription = hub.subscribe("crowd");
+            let mut waiting = Some(waiting.clone());
+            runtime.spawn(async move {
+                std::future::poll_fn(|cx| {
+                    let poll = subscription.poll_recv(cx);
+                    if poll.is_pending()
+                        && let Some(waiting) = waiting.take()
+                    {
+                        let _ = waiting.send(());
+                    }
+                    poll
+                })
+                .await
+                .map(|event| data(&event).to_owned())
+            })
+        })
+        .collect();
+    for _ in 0..CROWD {
+        waits
+            .recv_timeout(WAIT)
+            .expect("every reader waits within the bound");
+    }
+
+    // From this thread, outside any runtime: the crowd is handed to the runtime that is gone.
+    assert_eq!(hub.broadcast("crowd", "hello"), CROWD + 1);
+    runtime.block_on(async {
+        for reader in readers {
+            let received = timeout(WAIT, reader)
+                .await
+                .expect("woken in time")
+                .expect("no panic");
+            assert_eq!(received.expect("an event").as_str(), "hello");
+        }
+    });
+    drop(early);
+}
+
 #[tokio::test]
 async fn a_subscriber_that_never_reads_stays_at_its_bound_and_delays_no_one() {
     const BUFFER: usize = 16;

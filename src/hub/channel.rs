@@ -5,15 +5,14 @@
 //! the ring lets go of it once every subscriber has read it. A subscriber that never reads
 //! costs nothing but its cursor, and memory per topic is bounded by the ring's capacity.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::Waker;
 
 use bytes::Bytes;
 
 use super::CloseReason;
+use super::waiters::{Waiters, Wakeups};
 use crate::Event;
 
 pub(super) struct Channel {
@@ -370,112 +369,6 @@ pub(super) struct Gap<'a> {
 struct Slot {
     event: Arc<Event>,
     unread: usize,
-}
-
-/// Where a subscriber's waker sits in [`Waiters`]: valid only within one epoch.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Registration {
-    epoch: u64,
-    key: usize,
-}
-
-/// The wakers of subscribers waiting for the next event.
-///
-/// A broadcast takes them all at once and starts a new epoch; a subscriber whose
-/// registration is from an older epoch has been woken and registers afresh. Slots freed by
-/// subscribers that leave are reused, so the list never outgrows the subscriber count.
-#[derive(Default)]
-pub(super) struct Waiters {
-    slots: Vec<Option<Waker>>,
-    free: Vec<usize>,
-    epoch: u64,
-}
-
-impl Waiters {
-    pub(super) fn register(&mut self, registration: &mut Option<Registration>, waker: &Waker) {
-        if let Some(current) = *registration
-            && current.epoch == self.epoch
-            && let Some(Some(registered)) = self.slots.get_mut(current.key)
-        {
-            if !registered.will_wake(waker) {
-                registered.clone_from(waker);
-            }
-            return;
-        }
-        let key = match self.free.pop() {
-            Some(key) => {
-                self.slots[key] = Some(waker.clone());
-                key
-            }
-            None => {
-                self.slots.push(Some(waker.clone()));
-                self.slots.len() - 1
-            }
-        };
-        *registration = Some(Registration {
-            epoch: self.epoch,
-            key,
-        });
-    }
-
-    pub(super) fn remove(&mut self, registration: Option<Registration>) {
-        if let Some(current) = registration
-            && current.epoch == self.epoch
-            && let Some(slot) = self.slots.get_mut(current.key)
-            && slot.take().is_some()
-        {
-            self.free.push(current.key);
-        }
-    }
-
-    pub(super) fn take_all(&mut self, wake: &mut Wakeups) {
-        if self.slots.is_empty() {
-            return;
-        }
-        wake.list().extend(self.slots.drain(..).flatten());
-        self.free.clear();
-        self.epoch += 1;
-    }
-}
-
-/// Wakers taken from channels under their locks, woken when this is dropped: declared
-/// before the guards, it is dropped after them, so no lock is held while a task is woken.
-///
-/// It borrows a list kept per thread once a waker is taken, and only then: a broadcast
-/// that wakes no one, as most in a burst do, does not touch it.
-#[derive(Default)]
-pub(super) struct Wakeups {
-    list: Option<Vec<Waker>>,
-}
-
-thread_local! {
-    static WAKE_LIST: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
-}
-
-impl Wakeups {
-    fn list(&mut self) -> &mut Vec<Waker> {
-        // Taken rather than borrowed: a waker may broadcast again on this thread.
-        self.list
-            .get_or_insert_with(|| WAKE_LIST.try_with(Cell::take).unwrap_or_default())
-    }
-}
-
-impl Wakeups {
-    #[cold]
-    fn wake_all(list: &mut Vec<Waker>) {
-        list.drain(..).for_each(Waker::wake);
-    }
-}
-
-impl Drop for Wakeups {
-    #[inline]
-    fn drop(&mut self) {
-        if let Some(mut list) = self.list.take() {
-            Self::wake_all(&mut list);
-            // Kept for the next broadcast, unless the thread is going away.
-            let _ = WAKE_LIST.try_with(|kept| kept.set(list));
-        }
-    }
 }
 
 #[cfg(test)]

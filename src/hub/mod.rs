@@ -37,6 +37,7 @@ mod channel;
 mod publisher;
 mod subscriber;
 mod subscription;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -46,11 +47,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
-use self::channel::{Channel, ChannelState, Retention, Wakeups};
+use self::channel::{Channel, ChannelState, Retention};
 pub use self::publisher::Publisher;
 pub(crate) use self::subscriber::{Item, Joined, Since};
 pub use self::subscriber::{Received, Subscriber};
 pub use self::subscription::{Lagged, RecvError, Subscription};
+use self::waiters::Wakeups;
 use crate::Event;
 use crate::backplane::{Backplane, Remote};
 

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::sync::oneshot;
 
-use super::channel::{Channel, Gap, Read, Registration};
+use super::channel::{Channel, Gap, Read};
+use super::waiters::Registration;
 use super::{CloseReason, Hub, LagPolicy, lock};
 use crate::Event;
 use crate::backplane::History;
