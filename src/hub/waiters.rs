@@ -10,6 +10,7 @@
 //! worker's own queue, and the publisher goes on at once.
 
 use std::cell::Cell;
+use std::mem::ManuallyDrop;
 use std::task::Waker;
 
 use tokio::runtime::Handle;
@@ -82,14 +83,21 @@ impl Waiters {
         }
     }
 
+    /// Moves every waker to `wake` and starts a new epoch.
+    #[inline]
     pub(super) fn take_all(&mut self, wake: &mut Wakeups) {
-        if self.slots.is_empty() {
-            return;
+        // Most broadcasts of a burst find no one waiting.
+        if !self.slots.is_empty() {
+            self.take_all_now(wake);
         }
-        if self.slots.len() >= HAND_OVER_FROM && wake.runtime.is_none() {
-            wake.runtime = self.runtime.take();
+    }
+
+    fn take_all_now(&mut self, wake: &mut Wakeups) {
+        let taken = wake.taken();
+        if self.slots.len() >= HAND_OVER_FROM && taken.runtime.is_none() {
+            taken.runtime = self.runtime.take();
         }
-        wake.list().extend(self.slots.drain(..).flatten());
+        taken.wakers.extend(self.slots.drain(..).flatten());
         self.free.clear();
         self.epoch += 1;
     }
@@ -102,7 +110,14 @@ impl Waiters {
 /// that wakes no one, as most in a burst do, does not touch it.
 #[derive(Default)]
 pub(super) struct Wakeups {
-    list: Option<Vec<Waker>>,
+    /// Emptied by the drop, so nothing is left for the compiler's drop glue, which it
+    /// would otherwise call out of line on every broadcast.
+    taken: ManuallyDrop<Option<Taken>>,
+}
+
+/// What a broadcast has taken to wake.
+struct Taken {
+    wakers: Vec<Waker>,
     /// The subscribers' runtime, when there are many to wake.
     runtime: Option<Handle>,
 }
@@ -112,33 +127,42 @@ thread_local! {
 }
 
 impl Wakeups {
-    fn list(&mut self) -> &mut Vec<Waker> {
-        // Taken rather than borrowed: a waker may broadcast again on this thread.
-        self.list
-            .get_or_insert_with(|| WAKE_LIST.try_with(Cell::take).unwrap_or_default())
+    fn taken(&mut self) -> &mut Taken {
+        self.taken.get_or_insert_with(|| Taken {
+            // Taken rather than borrowed: a waker may broadcast again on this thread.
+            wakers: WAKE_LIST.try_with(Cell::take).unwrap_or_default(),
+            runtime: None,
+        })
     }
 
     #[cold]
-    fn wake_all(list: &mut Vec<Waker>, runtime: Option<Handle>) {
-        if list.len() >= HAND_OVER_FROM
+    fn wake_all(&mut self) {
+        let Some(Taken {
+            mut wakers,
+            runtime,
+        }) = self.taken.take()
+        else {
+            return;
+        };
+        if wakers.len() >= HAND_OVER_FROM
             && let Some(runtime) = runtime
             && !on_workers_of(&runtime)
         {
-            let crowd = Crowd(std::mem::take(list));
+            let crowd = Crowd(wakers);
             runtime.spawn(async move { drop(crowd) });
             return;
         }
-        list.drain(..).for_each(Waker::wake);
+        wakers.drain(..).for_each(Waker::wake);
+        // Kept for the next broadcast, unless the thread is going away.
+        let _ = WAKE_LIST.try_with(|kept| kept.set(wakers));
     }
 }
 
 impl Drop for Wakeups {
     #[inline]
     fn drop(&mut self) {
-        if let Some(mut list) = self.list.take() {
-            Self::wake_all(&mut list, self.runtime.take());
-            // Kept for the next broadcast, unless the thread is going away.
-            let _ = WAKE_LIST.try_with(|kept| kept.set(list));
+        if self.taken.is_some() {
+            self.wake_all();
         }
     }
 }
