@@ -6,13 +6,16 @@
 //! cargo run --release --example hub_burst -- subscribers=1 bursts=20000 rounds=8
 //! ```
 //!
-//! Each round builds a two-worker runtime whose tasks subscribe, then a thread of its own
-//! broadcasts `bursts` bursts of 64 events of 64 bytes, each once the last has reached
-//! every subscriber. A round of the hub by the topic's name, one through a `Publisher`,
-//! then one of tokio, `rounds` times. For each it prints the deliveries per second, the
-//! time of a burst from its first broadcast until every subscriber holds it, the part
-//! of that the publisher spent broadcasting, and how many batches a subscriber read per
-//! burst (one per wake-up, or near it).
+//! Rounds of the hub and of tokio alternate for two seconds first, unmeasured: a new
+//! process here is slow at first. Each round builds a two-worker runtime whose tasks
+//! subscribe, then a thread of its own broadcasts `bursts` bursts of 64 events of 64
+//! bytes, each once the last has reached every subscriber. A round of the hub by the
+//! topic's name, one through a `Publisher`, then one of tokio, `rounds` times. For each
+//! it prints the deliveries per second, the time of a burst from its first broadcast
+//! until every subscriber holds it, the part of that the publisher spent broadcasting,
+//! and how many batches a subscriber read per burst (one per wake-up, or near it). At the
+//! end: the median ratios, and how many rounds of each were slow (a mean burst over 1.5
+//! times tokio's median), which at one subscriber is most of the difference.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -23,6 +26,8 @@ use tower_fanout::{Event, Hub};
 
 const BURST: u64 = 64;
 const CAPACITY: usize = 256;
+/// How long rounds run, alternating, before any is measured.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 struct Options {
     subscribers: u64,
@@ -209,8 +214,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} subscriber(s), {} bursts of {BURST} per round",
         options.subscribers, options.bursts
     );
+    // On this project's host the first second or so of a process runs every wake-up
+    // several times slower; whatever round came first paid for it.
+    let warm_up = Instant::now();
+    let mut discarded = 0;
+    while warm_up.elapsed() < WARM_UP && discarded < 20 {
+        hub_round(&options, false)?;
+        hub_round(&options, true)?;
+        tokio_round(&options)?;
+        discarded += 3;
+    }
+    println!(
+        "warm-up: {discarded} rounds in {:.1?}, discarded",
+        warm_up.elapsed()
+    );
     let mut by_name = Vec::with_capacity(options.rounds);
     let mut by_publisher = Vec::with_capacity(options.rounds);
+    let mut bursts: [Vec<Duration>; 3] = Default::default();
     for number in 1..=options.rounds {
         let hub = hub_round(&options, false)?;
         let publisher = hub_round(&options, true)?;
@@ -225,7 +245,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         by_name.push(hub.rate / tokio.rate);
         by_publisher.push(publisher.rate / tokio.rate);
+        for (times, round) in bursts.iter_mut().zip([&hub, &publisher, &tokio]) {
+            times.push(round.burst);
+        }
     }
+    let mut tokio_bursts = bursts[2].clone();
+    tokio_bursts.sort();
+    let slow = tokio_bursts[tokio_bursts.len() / 2].mul_f64(1.5);
+    let [name, publisher, tokio] =
+        bursts.map(|times| times.iter().filter(|&&burst| burst > slow).count());
+    let rounds = options.rounds;
+    println!(
+        "slow rounds (mean burst over {:.1} µs): by name {name}/{rounds}, through a publisher \
+         {publisher}/{rounds}, tokio {tokio}/{rounds}",
+        slow.as_secs_f64() * 1e6
+    );
     println!(
         "median ratio to tokio: by name {:.2}x, through a publisher {:.2}x",
         median(&mut by_name),
