@@ -15,7 +15,10 @@
 //! until every subscriber holds it, the part of that the publisher spent broadcasting,
 //! and how many batches a subscriber read per burst (one per wake-up, or near it). At the
 //! end: the median ratios, and how many rounds of each were slow (a mean burst over 1.5
-//! times tokio's median), which at one subscriber is most of the difference.
+//! times tokio's median), which at one subscriber is most of the difference. With
+//! `per_broadcast=1` each broadcast after a burst's first is timed, and a round shows
+//! their median: what a broadcast costs while the subscriber sleeps, and while it reads
+//! alongside.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -33,6 +36,8 @@ struct Options {
     subscribers: u64,
     bursts: u64,
     rounds: usize,
+    /// Times each broadcast after a burst's first, which slows the publisher a little.
+    per_broadcast: bool,
 }
 
 /// What one round measured.
@@ -43,6 +48,8 @@ struct Round {
     publishing: Duration,
     /// Batches a subscriber took per burst.
     batches: f64,
+    /// The median time of a broadcast after a burst's first, with `per_broadcast=1`.
+    broadcast: Option<Duration>,
 }
 
 /// Counts deliveries and says when a burst has reached everyone.
@@ -85,13 +92,23 @@ fn round(
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
     let per_burst = options.subscribers * BURST;
     let mut publishing = Duration::ZERO;
+    let mut broadcasts = Vec::new();
     let start = Instant::now();
     for _ in 0..options.bursts {
         progress.delivered.store(0, Ordering::Release);
         progress.target.store(per_burst, Ordering::Release);
         let burst = Instant::now();
-        for _ in 0..BURST {
+        let mut last = burst;
+        for index in 0..BURST {
             publish(Event::new(payload.clone()));
+            if options.per_broadcast {
+                let now = Instant::now();
+                // The first wakes the subscriber, which the others do not.
+                if index > 0 {
+                    broadcasts.push(now - last);
+                }
+                last = now;
+            }
         }
         publishing += burst.elapsed();
         finished
@@ -107,6 +124,10 @@ fn round(
         publishing: publishing / bursts,
         batches: progress.batches.load(Ordering::Relaxed) as f64
             / (options.bursts * options.subscribers) as f64,
+        broadcast: (!broadcasts.is_empty()).then(|| {
+            broadcasts.sort();
+            broadcasts[broadcasts.len() / 2]
+        }),
     })
 }
 
@@ -170,8 +191,11 @@ fn tokio_round(options: &Options) -> Result<Round, Box<dyn std::error::Error>> {
 
 impl Round {
     fn describe(&self) -> String {
+        let broadcast = self.broadcast.map_or(String::new(), |broadcast| {
+            format!(", {} ns a broadcast", broadcast.as_nanos())
+        });
         format!(
-            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs, {:.2} batches)",
+            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs, {:.2} batches{broadcast})",
             self.rate,
             self.burst.as_secs_f64() * 1e6,
             self.publishing.as_secs_f64() * 1e6,
@@ -190,6 +214,7 @@ fn parse() -> Result<Options, Box<dyn std::error::Error>> {
         subscribers: 1,
         bursts: 20_000,
         rounds: 8,
+        per_broadcast: false,
     };
     for argument in std::env::args().skip(1) {
         let (name, value) = argument
@@ -199,6 +224,7 @@ fn parse() -> Result<Options, Box<dyn std::error::Error>> {
             "subscribers" => options.subscribers = value.parse()?,
             "bursts" => options.bursts = value.parse()?,
             "rounds" => options.rounds = value.parse()?,
+            "per_broadcast" => options.per_broadcast = value == "1",
             _ => return Err(format!("unknown option {name}").into()),
         }
     }
