@@ -13,7 +13,8 @@
 //! topic's name, one through a `Publisher`, then one of tokio, `rounds` times. For each
 //! it prints the deliveries per second, the time of a burst from its first broadcast
 //! until every subscriber holds it, the part of that the publisher spent broadcasting,
-//! and how many batches a subscriber read per burst (one per wake-up, or near it). At the
+//! how many batches a subscriber read per burst (one per wake-up, or near it), and how
+//! many times per burst a worker of the runtime went to sleep. At the
 //! end: the median ratios, and how many rounds of each were slow (a mean burst over 1.5
 //! times tokio's median), which at one subscriber is most of the difference. With
 //! `per_broadcast=1` each broadcast after a burst's first is timed, and a round shows
@@ -50,6 +51,8 @@ struct Round {
     batches: f64,
     /// The median time of a broadcast after a burst's first, with `per_broadcast=1`.
     broadcast: Option<Duration>,
+    /// Times a worker of the runtime went to sleep, per burst.
+    parks: f64,
 }
 
 /// Counts deliveries and says when a burst has reached everyone.
@@ -116,6 +119,10 @@ fn round(
             .map_err(|_| "a burst did not reach every subscriber within 30 s")?;
     }
     let elapsed = start.elapsed();
+    let metrics = runtime.metrics();
+    let parks: u64 = (0..metrics.num_workers())
+        .map(|worker| metrics.worker_park_count(worker))
+        .sum();
     runtime.shutdown_timeout(Duration::from_secs(5));
     let bursts = u32::try_from(options.bursts)?;
     Ok(Round {
@@ -124,6 +131,7 @@ fn round(
         publishing: publishing / bursts,
         batches: progress.batches.load(Ordering::Relaxed) as f64
             / (options.bursts * options.subscribers) as f64,
+        parks: parks as f64 / options.bursts as f64,
         broadcast: (!broadcasts.is_empty()).then(|| {
             broadcasts.sort();
             broadcasts[broadcasts.len() / 2]
@@ -195,11 +203,12 @@ impl Round {
             format!(", {} ns a broadcast", broadcast.as_nanos())
         });
         format!(
-            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs, {:.2} batches{broadcast})",
+            "{:.2} M/s (burst {:.1} µs, publishing {:.1} µs, {:.2} batches, {:.2} parks{broadcast})",
             self.rate,
             self.burst.as_secs_f64() * 1e6,
             self.publishing.as_secs_f64() * 1e6,
-            self.batches
+            self.batches,
+            self.parks
         )
     }
 }
