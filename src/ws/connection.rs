@@ -881,6 +881,21 @@ mod tests {
         }
     }
 
+    /// A session of the topic `t` over a pipe that takes `room` bytes.
+    fn session_of_t(config: &Config, room: usize) -> (Session<'_, Shared>, Shared) {
+        let pipe = Shared::default();
+        pipe.0.lock().expect("not poisoned").room = room;
+        let session = Session::new(
+            pipe.clone(),
+            config.open(&["t".to_owned()], None),
+            Framing::Data,
+            config,
+            None,
+            http::Version::HTTP_11,
+        );
+        (session, pipe)
+    }
+
     /// Counts its wake-ups.
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -899,16 +914,7 @@ mod tests {
         let hub = Hub::new();
         let mut config = Config::new(hub.clone());
         config.ping_interval = Duration::from_secs(600);
-        let opened = config.open(&["t".to_owned()], None);
-        let pipe = Shared::default();
-        let mut session = Session::new(
-            pipe.clone(),
-            opened,
-            Framing::Data,
-            &config,
-            None,
-            http::Version::HTTP_11,
-        );
+        let (mut session, pipe) = session_of_t(&config, 0);
         let count = Arc::new(Count::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
@@ -952,17 +958,7 @@ mod tests {
         let hub = Hub::new();
         let mut config = Config::new(hub.clone());
         config.ping_interval = Duration::from_millis(20);
-        let opened = config.open(&["t".to_owned()], None);
-        let pipe = Shared::default();
-        pipe.0.lock().expect("not poisoned").room = usize::MAX;
-        let mut session = Session::new(
-            pipe.clone(),
-            opened,
-            Framing::Data,
-            &config,
-            None,
-            http::Version::HTTP_11,
-        );
+        let (mut session, pipe) = session_of_t(&config, usize::MAX);
         for i in 0..64 {
             hub.broadcast("t", format!("event {i}"));
         }
