@@ -276,3 +276,49 @@ impl Drop for SseBody {
         self.span.in_scope(|| tracing::debug!("stream closed"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+    use crate::Hub;
+
+    /// A burst grows the topic's ring; the stream's keep-alives let it go once the topic
+    /// has been quiet from one to the next.
+    #[tokio::test]
+    async fn a_quiet_topic_lets_go_of_its_ring_at_the_keep_alives() {
+        let hub = Hub::new();
+        let mut config = Config::new(hub.clone());
+        config.keep_alive = Duration::from_millis(20);
+        let mut body = SseBody::new(
+            config.open(&["t".to_owned()], None),
+            &config,
+            http::Version::HTTP_11,
+            tracing::Span::none(),
+        );
+        for i in 0..64 {
+            hub.broadcast("t", format!("event {i}"));
+        }
+        let grown = hub.ring_capacity("t").expect("the topic is known");
+        assert!(grown >= 64, "{grown} slots");
+
+        let mut sent = Vec::new();
+        let read = async {
+            while hub.ring_capacity("t") != Some(0) {
+                let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+                    .await
+                    .expect("the stream goes on")
+                    .expect("infallible");
+                sent.extend_from_slice(&frame.into_data().expect("a data frame"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the ring is freed within 10 s of keep-alives");
+        assert!(
+            sent.windows(8).any(|window| window == b"event 63"),
+            "the burst went out before its ring was freed"
+        );
+    }
+}
