@@ -1,5 +1,5 @@
-//! The demo server, `cargo run --example hyper_server`, run as its own process on a port
-//! given by `ADDR`, and used over HTTP as its README describes.
+//! The demo server, `cargo run --example hyper_server`, run as its own process on the
+//! port it says it bound (`ADDR` with port 0), and used over HTTP as its README describes.
 //!
 //! Plain `cargo test` builds the example first; `cargo test --test demo` alone does not,
 //! so run `cargo build --example hyper_server` before it after changing the example.
@@ -34,15 +34,10 @@ impl Demo {
             .expect("target directory")
             .join("examples")
             .join("hyper_server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // Port 0: the demo binds a free one and says which, so no other socket can take
+        // it between a choice made here and the demo's bind.
         let mut command = Command::new(&binary);
-        command
-            .env("ADDR", addr.to_string())
-            .env_remove("REDIS_URL");
+        command.env("ADDR", "127.0.0.1:0").env_remove("REDIS_URL");
         command.envs(env.iter().copied());
         let mut child = command
             .stdout(Stdio::piped())
@@ -57,7 +52,12 @@ impl Demo {
             let mut line = String::new();
             output.read_line(&mut line).expect("read the demo's output");
             said.push_str(&line);
-            if line.contains("listening on") {
+            if let Some((_, bound)) = line.split_once("listening on ") {
+                let addr: SocketAddr = bound
+                    .trim()
+                    .split_once("://")
+                    .and_then(|(_, addr)| addr.parse().ok())
+                    .unwrap_or_else(|| panic!("the demo said {line:?}"));
                 return Self {
                     child,
                     addr,

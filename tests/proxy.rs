@@ -33,6 +33,19 @@ impl Nginx {
             eprintln!("skipped: set FANOUT_NGINX to an nginx binary to run the proxy tests");
             return None;
         };
+        // A port chosen here can be taken before nginx binds it (by another test's
+        // listener, or as the ephemeral port of a connection): nginx then exits, and
+        // another port is tried.
+        for _ in 0..5 {
+            if let Some(nginx) = Self::start_on(&binary, upstream) {
+                return Some(nginx);
+            }
+        }
+        panic!("nginx exited at start five times: ports taken before it bound them?");
+    }
+
+    /// nginx on a port chosen now; `None` if it exits before it listens.
+    fn start_on(binary: &std::ffi::OsStr, upstream: SocketAddr) -> Option<Self> {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
@@ -59,7 +72,7 @@ impl Nginx {
         );
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config).expect("written");
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -70,14 +83,21 @@ impl Nginx {
             .spawn()
             .expect("nginx starts");
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(addr).is_err() {
+        loop {
+            let exited = child.try_wait().expect("nginx's status").is_some();
+            if exited {
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Some(Self { child, addr, dir });
+            }
             assert!(
                 Instant::now() < deadline,
                 "nginx did not start: see {d}/error.log"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, addr, dir })
     }
 }
 

@@ -520,6 +520,20 @@ pub async fn next_json(socket: &mut Ws) -> serde_json::Value {
     serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
 }
 
+/// Whether a Redis server answers on `port`: a PING, not just a connection, since
+/// something else may listen there.
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = [0; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG\r\n"
+}
+
 /// A redis-server of the test's own, on a port it chose; killed when dropped.
 pub struct Redis {
     child: std::process::Child,
@@ -560,32 +574,44 @@ impl Redis {
     }
 
     fn spawn(port: Option<u16>, persistence: &[&str]) -> Self {
-        let port = port.unwrap_or_else(|| {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("address").port()
-        });
-        let port_arg = port.to_string();
-        let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
-        args.extend(persistence);
-        let child = std::process::Command::new("redis-server")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "these tests need redis-server on PATH ({error}); install Debian's \
-                     redis-server package (.ci/run does)"
-                )
+        // A port chosen here can be taken before redis binds it (by another test's
+        // listener, or as the ephemeral port of a connection): redis then exits, and
+        // another port is tried. A given port is the test's to keep.
+        let attempts = if port.is_some() { 1 } else { 5 };
+        for _ in 0..attempts {
+            let port = port.unwrap_or_else(|| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.local_addr().expect("address").port()
             });
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            let port_arg = port.to_string();
+            let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
+            args.extend(persistence);
+            let mut child = std::process::Command::new("redis-server")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "these tests need redis-server on PATH ({error}); install Debian's \
+                         redis-server package (.ci/run does)"
+                    )
+                });
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                if answers_ping(port) {
+                    return Self { child, port };
+                }
+                if child.try_wait().expect("redis-server's status").is_some() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        Self { child, port }
+        panic!("redis-server exited at start on {attempts} port(s): taken before it bound them?");
     }
 
     /// Takes a snapshot of everything Redis holds now, as a restart will find it.
