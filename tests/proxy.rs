@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use tower_fanout::{Hub, StreamLayer};
 use tower_layer::Layer;
 
-use common::{Inner, SseClient, WAIT, close_code, next_text, serve_fanout, wait_until, ws_connect};
+use common::{
+    Inner, SseClient, WAIT, close_code, next_text, on_a_free_port, serve_fanout, wait_until,
+    ws_connect,
+};
 
 /// An nginx of the test's own on a free loopback port, proxying to `upstream`; stopped
 /// when dropped.
@@ -33,22 +36,14 @@ impl Nginx {
             eprintln!("skipped: set FANOUT_NGINX to an nginx binary to run the proxy tests");
             return None;
         };
-        // A port chosen here can be taken before nginx binds it (by another test's
-        // listener, or as the ephemeral port of a connection): nginx then exits, and
-        // another port is tried.
-        for _ in 0..5 {
-            if let Some(nginx) = Self::start_on(&binary, upstream) {
-                return Some(nginx);
-            }
-        }
-        panic!("nginx exited at start five times: ports taken before it bound them?");
+        Some(on_a_free_port("nginx", |port| {
+            Self::start_on(&binary, port, upstream)
+        }))
     }
 
-    /// nginx on a port chosen now; `None` if it exits before it listens.
-    fn start_on(binary: &std::ffi::OsStr, upstream: SocketAddr) -> Option<Self> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port");
+    /// nginx on `port`; `None` if it exits before it listens.
+    fn start_on(binary: &std::ffi::OsStr, port: u16, upstream: SocketAddr) -> Option<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = std::env::temp_dir().join(format!(
             "fanout-nginx-{}-{}",
             std::process::id(),

@@ -520,6 +520,23 @@ pub async fn next_json(socket: &mut Ws) -> serde_json::Value {
     serde_json::from_str(&next_text(socket).await).expect("a JSON frame")
 }
 
+/// A server of the test's own, which `start` runs on a free port, or `None` if it exits
+/// before it listens. A port chosen here can be taken before the server binds it (by
+/// another test's listener, or as the ephemeral port of a connection), so another is
+/// tried then, five times at most; servers that can be told port 0 are better told that.
+pub fn on_a_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Option<T>) -> T {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        if let Some(server) = start(port) {
+            return server;
+        }
+    }
+    panic!("{what} exited at start five times: ports taken before it bound them?");
+}
+
 /// Whether a Redis server answers on `port`: a PING, not just a connection, since
 /// something else may listen there.
 fn answers_ping(port: u16) -> bool {
@@ -574,44 +591,43 @@ impl Redis {
     }
 
     fn spawn(port: Option<u16>, persistence: &[&str]) -> Self {
-        // A port chosen here can be taken before redis binds it (by another test's
-        // listener, or as the ephemeral port of a connection): redis then exits, and
-        // another port is tried. A given port is the test's to keep.
-        let attempts = if port.is_some() { 1 } else { 5 };
-        for _ in 0..attempts {
-            let port = port.unwrap_or_else(|| {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                listener.local_addr().expect("address").port()
-            });
-            let port_arg = port.to_string();
-            let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
-            args.extend(persistence);
-            let mut child = std::process::Command::new("redis-server")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "these tests need redis-server on PATH ({error}); install Debian's \
-                         redis-server package (.ci/run does)"
-                    )
-                });
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                if answers_ping(port) {
-                    return Self { child, port };
-                }
-                if child.try_wait().expect("redis-server's status").is_some() {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let start = |port: u16| Self::spawn_on(port, persistence);
+        match port {
+            // A given port is the test's to keep.
+            Some(port) => start(port).expect("redis-server exited at start"),
+            None => on_a_free_port("redis-server", start),
         }
-        panic!("redis-server exited at start on {attempts} port(s): taken before it bound them?");
+    }
+
+    /// redis-server on `port`; `None` if it exits before it answers.
+    fn spawn_on(port: u16, persistence: &[&str]) -> Option<Self> {
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
+        args.extend(persistence);
+        let mut child = std::process::Command::new("redis-server")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "these tests need redis-server on PATH ({error}); install Debian's \
+                     redis-server package (.ci/run does)"
+                )
+            });
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if answers_ping(port) {
+                return Some(Self { child, port });
+            }
+            if child.try_wait().expect("redis-server's status").is_some() {
+                return None;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Takes a snapshot of everything Redis holds now, as a restart will find it.
