@@ -8,7 +8,9 @@
 //!   the whole burst. Throughput is in deliveries. `hub` broadcasts by the topic's name,
 //!   as `global_lock` does (the map below, with one topic); `hub_publisher` through a
 //!   [`Publisher`](tower_fanout::Publisher) of it, as `tokio_broadcast` sends through its
-//!   channel's sender.
+//!   channel's sender. The publisher is a thread of its own.
+//! - `fanout_on_runtime/*/{1,100,10000}`: the same, with the publisher a task of the
+//!   subscribers' runtime, where an HTTP handler or a backplane's reader publishes from.
 //! - `many_topics/idle/*/{16,256}`: two threads broadcasting round-robin over 10 000
 //!   distinct topics, each with one subscriber that never reads, with rings of 16 and of
 //!   256 events. Throughput is in broadcasts.
@@ -19,12 +21,12 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tower_fanout::{Event, Hub};
 
 /// Events per burst; both rings hold a whole burst, so nobody lags.
@@ -35,46 +37,90 @@ const CAPACITY: usize = 256;
 struct Progress {
     delivered: AtomicU64,
     target: AtomicU64,
-    done: Mutex<mpsc::Sender<()>>,
+    done: Notify,
 }
 
 impl Progress {
-    fn new() -> (Arc<Self>, mpsc::Receiver<()>) {
-        let (done, finished) = mpsc::channel();
-        let progress = Arc::new(Self {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
             delivered: AtomicU64::new(0),
             target: AtomicU64::new(u64::MAX),
-            done: Mutex::new(done),
-        });
-        (progress, finished)
+            done: Notify::new(),
+        })
     }
 
     fn add(&self, count: u64) {
         let total = self.delivered.fetch_add(count, Ordering::AcqRel) + count;
         if total == self.target.load(Ordering::Acquire) {
-            let _ = self.done.lock().expect("not poisoned").send(());
+            self.done.notify_one();
         }
     }
 
-    /// Runs `publish` once per iteration and waits for its deliveries.
-    fn run(
-        &self,
-        finished: &mpsc::Receiver<()>,
-        iters: u64,
-        per_burst: u64,
-        mut publish: impl FnMut(),
-    ) -> Duration {
-        let start = Instant::now();
-        for _ in 0..iters {
-            self.delivered.store(0, Ordering::Release);
-            self.target.store(per_burst, Ordering::Release);
-            publish();
-            finished
-                .recv_timeout(Duration::from_secs(30))
-                .expect("every subscriber receives the burst within 30 s");
-        }
-        start.elapsed()
+    /// Expects `deliveries` from the next burst.
+    fn expect(&self, deliveries: u64) {
+        self.delivered.store(0, Ordering::Release);
+        self.target.store(deliveries, Ordering::Release);
     }
+
+    async fn finished(&self) {
+        tokio::time::timeout(Duration::from_secs(30), self.done.notified())
+            .await
+            .expect("every subscriber receives the burst within 30 s");
+    }
+}
+
+/// Where the publisher runs: its own thread, or a task of the subscribers' runtime, as an
+/// HTTP handler or a backplane's reader does. Waking a task from a thread of its own goes
+/// through the runtime's shared queue, and often wakes a sleeping worker; from a worker it
+/// is a push onto that worker's queue.
+#[derive(Clone, Copy)]
+enum Placement {
+    Thread,
+    Task,
+}
+
+/// Times `iters` bursts: each runs `publish` from `placement`, then waits until the
+/// subscribers on `rt` have received `per_burst` deliveries.
+fn bursts<P>(
+    b: &mut Bencher<'_>,
+    rt: &Runtime,
+    placement: Placement,
+    progress: &Arc<Progress>,
+    per_burst: u64,
+    publish: P,
+) where
+    P: FnMut() + Send + 'static,
+{
+    // Moved into the publishing task and back, iteration by iteration.
+    let mut publish = Some(publish);
+    b.iter_custom(|iters| {
+        let mut burst = publish.take().expect("returned by the last iteration");
+        let progress = Arc::clone(progress);
+        let (elapsed, burst) = match placement {
+            Placement::Thread => {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    progress.expect(per_burst);
+                    burst();
+                    rt.block_on(progress.finished());
+                }
+                (start.elapsed(), burst)
+            }
+            Placement::Task => rt
+                .block_on(rt.spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        progress.expect(per_burst);
+                        burst();
+                        progress.finished().await;
+                    }
+                    (start.elapsed(), burst)
+                }))
+                .expect("the publishing task ends"),
+        };
+        publish = Some(burst);
+        elapsed
+    });
 }
 
 fn runtime() -> Runtime {
@@ -119,95 +165,124 @@ fn drain_receiver(
 /// The burst bench of a baseline built on tokio's channel: `subscribe` makes each
 /// subscriber's receiver from `source`, `publish` sends one event through it. Dropping
 /// `source` at the end ends the receivers.
-fn tokio_burst<S>(
+fn tokio_burst<S: Send + Sync + 'static>(
     b: &mut Bencher<'_>,
+    placement: Placement,
     subscribers: u64,
     source: S,
     subscribe: impl Fn(&S) -> broadcast::Receiver<Arc<Event>>,
-    publish: impl Fn(&S, Event),
+    publish: impl Fn(&S, Event) + Send + 'static,
 ) {
     let rt = runtime();
-    let (progress, finished) = Progress::new();
+    let progress = Progress::new();
     for _ in 0..subscribers {
         drain_receiver(&rt, subscribe(&source), &progress);
     }
+    let source = Arc::new(source);
+    let publishing = Arc::clone(&source);
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-    b.iter_custom(|iters| {
-        progress.run(&finished, iters, subscribers * BURST, || {
+    bursts(
+        b,
+        &rt,
+        placement,
+        &progress,
+        subscribers * BURST,
+        move || {
             for _ in 0..BURST {
-                publish(&source, Event::new(payload.clone()));
+                publish(&publishing, Event::new(payload.clone()));
             }
-        })
-    });
+        },
+    );
     drop(source);
     rt.shutdown_timeout(Duration::from_secs(5));
 }
 
 fn fanout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fanout");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(5));
-    for subscribers in [1u64, 100, 10_000] {
-        group.throughput(Throughput::Elements(subscribers * BURST));
-
-        // By the topic's name, and through a publisher of the topic, the counterpart of
-        // tokio's sender.
-        for by_publisher in [false, true] {
-            let name = if by_publisher { "hub_publisher" } else { "hub" };
-            group.bench_function(BenchmarkId::new(name, subscribers), |b| {
-                let rt = runtime();
-                let hub = Hub::builder().buffer(CAPACITY).build();
-                let mut publisher = hub.publisher("bench");
-                let (progress, finished) = Progress::new();
-                for _ in 0..subscribers {
-                    drain(&rt, hub.subscribe("bench"), &progress);
-                }
-                let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-                b.iter_custom(|iters| {
-                    progress.run(&finished, iters, subscribers * BURST, || {
-                        for _ in 0..BURST {
-                            let event = Event::new(payload.clone());
-                            black_box(if by_publisher {
-                                publisher.broadcast(event)
-                            } else {
-                                hub.broadcast("bench", event)
-                            });
-                        }
-                    })
-                });
-                hub.close();
-                rt.shutdown_timeout(Duration::from_secs(5));
-            });
+    for (group, placement) in [
+        ("fanout", Placement::Thread),
+        ("fanout_on_runtime", Placement::Task),
+    ] {
+        let mut group = c.benchmark_group(group);
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(5));
+        for subscribers in [1u64, 100, 10_000] {
+            fanout_to(&mut group, placement, subscribers);
         }
+        group.finish();
+    }
+}
 
-        group.bench_function(BenchmarkId::new("tokio_broadcast", subscribers), |b| {
-            let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
-            tokio_burst(
+fn fanout_to(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    placement: Placement,
+    subscribers: u64,
+) {
+    group.throughput(Throughput::Elements(subscribers * BURST));
+
+    // By the topic's name, and through a publisher of the topic, the counterpart of
+    // tokio's sender.
+    for by_publisher in [false, true] {
+        let name = if by_publisher { "hub_publisher" } else { "hub" };
+        group.bench_function(BenchmarkId::new(name, subscribers), |b| {
+            let rt = runtime();
+            let hub = Hub::builder().buffer(CAPACITY).build();
+            let progress = Progress::new();
+            for _ in 0..subscribers {
+                drain(&rt, hub.subscribe("bench"), &progress);
+            }
+            let mut publisher = hub.publisher("bench");
+            let publishing = hub.clone();
+            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+            bursts(
                 b,
-                subscribers,
-                sender,
-                broadcast::Sender::subscribe,
-                |sender, event| {
-                    black_box(sender.send(Arc::new(event)).ok());
+                &rt,
+                placement,
+                &progress,
+                subscribers * BURST,
+                move || {
+                    for _ in 0..BURST {
+                        let event = Event::new(payload.clone());
+                        black_box(if by_publisher {
+                            publisher.broadcast(event)
+                        } else {
+                            publishing.broadcast("bench", event)
+                        });
+                    }
                 },
             );
-        });
-
-        // By name, as a hand-rolled hub does: the counterpart of the hub's `broadcast`.
-        group.bench_function(BenchmarkId::new("global_lock", subscribers), |b| {
-            tokio_burst(
-                b,
-                subscribers,
-                GlobalLockHub::new(CAPACITY),
-                |hub| hub.subscribe("bench"),
-                |hub, event| {
-                    black_box(hub.broadcast("bench", event));
-                },
-            );
+            hub.close();
+            rt.shutdown_timeout(Duration::from_secs(5));
         });
     }
-    group.finish();
+
+    group.bench_function(BenchmarkId::new("tokio_broadcast", subscribers), |b| {
+        let (sender, _) = broadcast::channel::<Arc<Event>>(CAPACITY);
+        tokio_burst(
+            b,
+            placement,
+            subscribers,
+            sender,
+            broadcast::Sender::subscribe,
+            |sender, event| {
+                black_box(sender.send(Arc::new(event)).ok());
+            },
+        );
+    });
+
+    // By name, as a hand-rolled hub does: the counterpart of the hub's `broadcast`.
+    group.bench_function(BenchmarkId::new("global_lock", subscribers), |b| {
+        tokio_burst(
+            b,
+            placement,
+            subscribers,
+            GlobalLockHub::new(CAPACITY),
+            |hub| hub.subscribe("bench"),
+            |hub, event| {
+                black_box(hub.broadcast("bench", event));
+            },
+        );
+    });
 }
 
 /// What most hand-rolled hubs are: one broadcast sender per topic behind one global lock.
@@ -270,7 +345,7 @@ fn many_topics(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
-    let names: Vec<String> = (0..TOPICS).map(|i| format!("topic-{i}")).collect();
+    let names: Arc<[String]> = (0..TOPICS).map(|i| format!("topic-{i}")).collect();
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
 
     // Publishing alone: every topic has one subscriber that never reads, so both rings
@@ -308,34 +383,46 @@ fn many_topics(c: &mut Criterion) {
     group.bench_function("draining/hub", |b| {
         let rt = runtime();
         let hub = Hub::builder().buffer(CAPACITY).build();
-        let (progress, finished) = Progress::new();
-        for name in &names {
+        let progress = Progress::new();
+        for name in names.iter() {
             drain(&rt, hub.subscribe(name), &progress);
         }
-        b.iter_custom(|iters| {
-            progress.run(&finished, iters, TOPICS as u64, || {
+        let (publishing, names, payload) = (hub.clone(), Arc::clone(&names), payload.clone());
+        bursts(
+            b,
+            &rt,
+            Placement::Thread,
+            &progress,
+            TOPICS as u64,
+            move || {
                 two_threads((TOPICS / THREADS) as u64, &names, &|topic| {
-                    hub.broadcast(topic, Event::new(payload.clone()))
+                    publishing.broadcast(topic, Event::new(payload.clone()))
                 });
-            })
-        });
+            },
+        );
         hub.close();
         rt.shutdown_timeout(Duration::from_secs(5));
     });
     group.bench_function("draining/global_lock", |b| {
         let rt = runtime();
-        let hub = GlobalLockHub::new(CAPACITY);
-        let (progress, finished) = Progress::new();
-        for name in &names {
+        let hub = Arc::new(GlobalLockHub::new(CAPACITY));
+        let progress = Progress::new();
+        for name in names.iter() {
             drain_receiver(&rt, hub.subscribe(name), &progress);
         }
-        b.iter_custom(|iters| {
-            progress.run(&finished, iters, TOPICS as u64, || {
+        let (publishing, names, payload) = (Arc::clone(&hub), Arc::clone(&names), payload.clone());
+        bursts(
+            b,
+            &rt,
+            Placement::Thread,
+            &progress,
+            TOPICS as u64,
+            move || {
                 two_threads((TOPICS / THREADS) as u64, &names, &|topic| {
-                    hub.broadcast(topic, Event::new(payload.clone()))
+                    publishing.broadcast(topic, Event::new(payload.clone()))
                 });
-            })
-        });
+            },
+        );
         hub.topics.lock().expect("not poisoned").clear();
         rt.shutdown_timeout(Duration::from_secs(5));
     });

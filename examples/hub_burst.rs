@@ -1,6 +1,7 @@
-//! The hub's burst beside `tokio::sync::broadcast`, as `cargo bench --bench hub` runs it,
-//! timed per burst and repeated in alternating rounds: for a ratio that the machine's
-//! noise moves a lot, a median over rounds, and where the time goes.
+//! The hub's burst beside `tokio::sync::broadcast`, as the `fanout` group of `cargo bench
+//! --bench hub` runs it (the publisher on a thread of its own), timed per burst and
+//! repeated in alternating rounds: for a ratio that the machine's noise moves a lot, a
+//! median over rounds, and where the time goes.
 //!
 //! ```sh
 //! cargo run --release --example hub_burst -- subscribers=1 bursts=20000 rounds=8
