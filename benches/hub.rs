@@ -162,6 +162,16 @@ fn drain_receiver(
     });
 }
 
+/// One burst: `publish` with `BURST` events of 64 bytes.
+fn burst_of(mut publish: impl FnMut(Event) + Send + 'static) -> impl FnMut() + Send + 'static {
+    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+    move || {
+        for _ in 0..BURST {
+            publish(Event::new(payload.clone()));
+        }
+    }
+}
+
 /// The burst bench of a baseline built on tokio's channel: `subscribe` makes each
 /// subscriber's receiver from `source`, `publish` sends one event through it. Dropping
 /// `source` at the end ends the receivers.
@@ -180,19 +190,8 @@ fn tokio_burst<S: Send + Sync + 'static>(
     }
     let source = Arc::new(source);
     let publishing = Arc::clone(&source);
-    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-    bursts(
-        b,
-        &rt,
-        placement,
-        &progress,
-        subscribers * BURST,
-        move || {
-            for _ in 0..BURST {
-                publish(&publishing, Event::new(payload.clone()));
-            }
-        },
-    );
+    let burst = burst_of(move |event| publish(&publishing, event));
+    bursts(b, &rt, placement, &progress, subscribers * BURST, burst);
     drop(source);
     rt.shutdown_timeout(Duration::from_secs(5));
 }
@@ -233,24 +232,14 @@ fn fanout_to(
             }
             let mut publisher = hub.publisher("bench");
             let publishing = hub.clone();
-            let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-            bursts(
-                b,
-                &rt,
-                placement,
-                &progress,
-                subscribers * BURST,
-                move || {
-                    for _ in 0..BURST {
-                        let event = Event::new(payload.clone());
-                        black_box(if by_publisher {
-                            publisher.broadcast(event)
-                        } else {
-                            publishing.broadcast("bench", event)
-                        });
-                    }
-                },
-            );
+            let burst = burst_of(move |event| {
+                black_box(if by_publisher {
+                    publisher.broadcast(event)
+                } else {
+                    publishing.broadcast("bench", event)
+                });
+            });
+            bursts(b, &rt, placement, &progress, subscribers * BURST, burst);
             hub.close();
             rt.shutdown_timeout(Duration::from_secs(5));
         });
