@@ -80,10 +80,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "load";
-/// What a client asks the socket for at once.
+/// The most a client asks the socket for at once.
 const READ: usize = 64 * 1024;
-/// What a client of a crowd (over 10 000 clients) asks for at once: it gets one event.
-const CROWD_READ: usize = 4 * 1024;
+/// The least a client asks the socket for at once: what one small event needs, so that a
+/// crowd's clients, which get one event each, cost the machine little memory.
+const READ_MIN: usize = 4 * 1024;
 /// The source addresses clients spread over: each has its own ephemeral ports.
 const SOURCES: u8 = 8;
 /// The longest any phase waits for its events before it reports what is missing.
@@ -482,7 +483,8 @@ async fn clients(
     seen: &Arc<Seen>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
     let mut tasks = Vec::with_capacity(count);
-    let read = if count > 10_000 { CROWD_READ } else { READ };
+    // Room for every event a client expects, framing included, within bounds.
+    let read = events.saturating_mul(size + 64).clamp(READ_MIN, READ);
     // A storm: every socket connects first, then every request goes out, as when all
     // the clients of a restarted server come back at once.
     let mut streams = Vec::new();
