@@ -304,6 +304,7 @@ impl Server {
             SocketAddr::V4(addr) if addr.ip().is_loopback() => {
                 let socket = tokio::net::TcpSocket::new_v4()?;
                 let last = 1 + (n % usize::from(SOURCES)) as u8;
+                bind_address_only(&socket)?;
                 socket.bind(SocketAddr::from(([127, 0, 0, last], 0)))?;
                 socket.connect(self.addr).await?
             }
@@ -352,6 +353,31 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Makes `socket`'s bind take only the source address and leave the port to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`), which picks one free for the whole address pair and may
+/// reuse one in TIME_WAIT: a bind alone takes a port no other socket of that address
+/// holds, and the TIME_WAITs a crowd leaves would hold most of them for a minute.
+fn bind_address_only(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a pointer to a live one, on a socket we own.
+    #[allow(unsafe_code)]
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of_val(&on) as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
