@@ -30,13 +30,19 @@
 //!   p50/p99/max and the spread between the first and the last subscriber of each event.
 //! - `idle`: `idle` connections that each receive `idle_events` events (5) and go quiet;
 //!   reports the server's RSS growth per connection.
-//! - `crowd`: `crowd` connections (100 000), half WebSocket and half SSE, opened one
-//!   after another from the source addresses 127.0.0.1 to 127.0.0.8 in turn (past one
-//!   address's ephemeral ports; the tool and the server raise their own descriptor
-//!   limits, the hard one too where allowed). Reports how fast the server took them (until
-//!   the hub counts every subscription), its RSS growth per connection, and how long one
-//!   broadcast took to reach every one (each must get it). Not in the default phases;
-//!   `phases=crowd` runs it once, whatever `transports` says.
+//! - `crowd`: `crowd` connections (100 000), half WebSocket and half SSE, from the
+//!   source addresses 127.0.0.1 to 127.0.0.8 in turn (past one address's ephemeral
+//!   ports). Reports how fast the server took them (until the hub counts every
+//!   subscription), its RSS growth per connection, how long one broadcast took to reach
+//!   every one (each must get it) and the CPU that broadcast cost the server and the
+//!   clients. Not in the default phases; `phases=crowd` runs it once, whatever
+//!   `transports` says. The tool and the server raise their descriptor limits (the hard
+//!   one too where allowed), and since a limit bounds one file table, not a process,
+//!   both spread the crowd over threads with file tables of their own, as many as it
+//!   takes and at least two (`support/tables.rs`): the clients open their shares side by
+//!   side, and the server (`loadtest serve KIND ADDR tables=K`) runs a current-thread
+//!   runtime per table, each with a listener of its own on the one port
+//!   (`SO_REUSEPORT`), all serving one hub.
 //! - `stall`: `clients` clients that never read; the server publishes `broadcasts` events
 //!   of `size` bytes. Reports the server's RSS before and after, once it has settled:
 //!   what connections whose clients have stopped reading cost it. Not in the default
@@ -95,14 +101,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.first().map(String::as_str) == Some("serve") {
         let kind = args.get(1).cloned().unwrap_or_default();
         let addr: SocketAddr = args.get(2).ok_or("serve KIND ADDR")?.parse()?;
-        // `crate-tls` writes the certificate it made here, for the clients to trust.
-        let certificate = args.get(3).map(std::path::PathBuf::from);
-        // The server under test: two workers, as many as the machine has cores.
-        return tokio::runtime::Builder::new_multi_thread()
+        // `crate-tls` writes the certificate it made to `certificate=PATH`, for the clients
+        // to trust; `tables=K` serves on K file tables (see `support/tables.rs`).
+        let (mut certificate, mut tables) = (None, 1);
+        for arg in &args[3..] {
+            match arg.split_once('=') {
+                Some(("certificate", path)) => certificate = Some(path.into()),
+                Some(("tables", count)) => tables = count.parse()?,
+                _ => return Err(format!("unknown server option {arg}").into()),
+            }
+        }
+        // The server under test: two workers, as many as the machine has cores; or, past
+        // what one file table holds, one current-thread runtime per table.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
-            .build()?
-            .block_on(server::run(&kind, addr, certificate));
+            .build()?;
+        let tables = (tables > 1).then(|| Tables::start(tables)).transpose()?;
+        let runtimes = tables
+            .as_ref()
+            .map_or_else(|| vec![runtime.handle().clone()], |t| t.handles().to_vec());
+        return runtime.block_on(server::run(&kind, addr, certificate, &runtimes));
     }
     let options = Options::parse(&args)?;
     tokio::runtime::Builder::new_multi_thread()
@@ -194,7 +213,7 @@ static PER_CLIENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 static STORM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     PER_CLIENT.store(options.per_client, Ordering::Relaxed);
     STORM.store(options.storm, Ordering::Relaxed);
     println!("{options:?}");
@@ -225,20 +244,26 @@ async fn drive(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                     println!("{phase:6} {transport:3} {label:8} (one topic per connection only)");
                     continue;
                 }
-                let server = match options.attach {
+                // A crowd takes more sockets than one file table holds, on both sides.
+                let tables = if phase == "crowd" {
+                    Tables::needed(options.crowd, fd_limit, 2)
+                } else {
+                    1
+                };
+                let server = Arc::new(match options.attach {
                     Some(addr) => Server {
                         process: None,
                         addr,
                         tls: None,
                     },
-                    None => Server::start(kind).await?,
-                };
+                    None => Server::start(kind, tables).await?,
+                });
                 let (line, missed) = match phase.as_str() {
                     "burst" => burst(&server, transport, &options).await?,
                     "steady" => steady(&server, transport, &options).await?,
                     "idle" => idle(&server, transport, &options).await?,
                     "stall" => stall(&server, transport, &options).await?,
-                    "crowd" => crowd(&server, &options).await?,
+                    "crowd" => crowd(&server, &options, tables).await?,
                     other => return Err(format!("unknown phase {other}").into()),
                 };
                 println!("{phase:6} {transport:3} {label:8} {line}");
@@ -266,11 +291,14 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl Server {
-    async fn start(kind: &str) -> Result<Self, Box<dyn std::error::Error>> {
+    /// Starts a server of `kind` on `tables` file tables.
+    async fn start(kind: &str, tables: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        let tables = format!("tables={tables}");
         if !kind.ends_with("-tls") {
-            let process =
-                ServerProcess::start(|addr| ["serve", kind, addr].map(str::to_owned).to_vec())
-                    .await?;
+            let process = ServerProcess::start(|addr| {
+                ["serve", kind, addr, &tables].map(str::to_owned).to_vec()
+            })
+            .await?;
             return Ok(Self {
                 addr: process.addr,
                 process: Some(process),
@@ -279,10 +307,16 @@ impl Server {
         }
         let certificate =
             std::env::temp_dir().join(format!("fanout-loadtest-{}-{kind}.pem", std::process::id()));
-        let path = certificate.to_str().ok_or("a temporary path")?.to_owned();
-        let process =
-            ServerProcess::start(|addr| ["serve", kind, addr, &path].map(str::to_owned).to_vec())
-                .await?;
+        let path = format!(
+            "certificate={}",
+            certificate.to_str().ok_or("a temporary path")?
+        );
+        let process = ServerProcess::start(|addr| {
+            ["serve", kind, addr, &path, &tables]
+                .map(str::to_owned)
+                .to_vec()
+        })
+        .await?;
         let pem = std::fs::read(&certificate)?;
         let _ = std::fs::remove_file(&certificate);
         Ok(Self {
@@ -333,7 +367,8 @@ impl Server {
 
     /// Sends a control request and returns the body of the answer.
     async fn control(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-        load::control_on(self.connect().await?, path).await
+        let stream = self.connect().await?;
+        load::control_on(stream, path).await
     }
 
     async fn wait_subscribers(&self, count: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -869,54 +904,68 @@ async fn idle(
 }
 
 async fn crowd(
-    server: &Server,
+    server: &Arc<Server>,
     options: &Options,
+    tables: usize,
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let seen = Arc::new(Seen::default());
+    // The clients take their sockets in file tables of their own, a share each.
+    let tables = tokio::task::spawn_blocking(move || Tables::start(tables)).await??;
+    let count = tables.handles().len();
     let before = server.rss_kib();
     let cpu = server.cpu();
     let started = Instant::now();
-    let websockets = options.crowd / 2;
-    let mut tasks = clients(server, "ws", websockets, 1, options.size, 1, &seen).await?;
-    let websockets_opened = started.elapsed();
-    tasks.extend(
-        clients(
-            server,
-            "sse",
-            options.crowd - websockets,
-            1,
-            options.size,
-            1,
-            &seen,
-        )
-        .await?,
-    );
+    let mut opening = Vec::with_capacity(count);
+    for (t, runtime) in tables.handles().iter().enumerate() {
+        let share = |total: usize| total / count + usize::from(t < total % count);
+        let websockets = share(options.crowd / 2);
+        let streams = share(options.crowd - options.crowd / 2);
+        let (server, seen, size) = (Arc::clone(server), Arc::clone(&seen), options.size);
+        opening.push(runtime.spawn(async move {
+            let mut tasks = clients(&server, "ws", websockets, 1, size, 1, &seen)
+                .await
+                .map_err(|error| error.to_string())?;
+            tasks.extend(
+                clients(&server, "sse", streams, 1, size, 1, &seen)
+                    .await
+                    .map_err(|error| error.to_string())?,
+            );
+            Ok::<_, String>(tasks)
+        }));
+    }
+    let mut tasks = Vec::with_capacity(options.crowd);
+    for opened in opening {
+        tasks.extend(opened.await??);
+    }
     server.wait_subscribers(options.crowd).await?;
     let opened = started.elapsed();
     let opening_cpu = server.cpu().saturating_sub(cpu);
     let after = server.rss_kib();
-    let cpu = server.cpu();
+    let (cpu, clients_cpu) = (server.cpu(), cpu_time("self"));
     server
         .control(&format!("/burst?count=1&size={}&topics=1", options.size))
         .await?;
     wait_delivered(&seen, options.crowd as u64).await;
     let broadcast_cpu = server.cpu().saturating_sub(cpu);
+    let clients_cpu = cpu_time("self").saturating_sub(clients_cpu);
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    // Each table closes its own sockets, on its own thread.
+    tokio::task::spawn_blocking(move || drop(tables)).await?;
     let delivered = seen.delivered.load(Ordering::Relaxed);
     let missing = (options.crowd as u64).saturating_sub(delivered);
     let (latencies, _) = seen.results();
     let line = format!(
-        "{} connections open in {:.1} s ({:.0}/s; {websockets} WebSockets in {:.1} s), \
+        "{} connections open in {:.1} s ({:.0}/s, clients on {count} file tables), \
          server CPU {:.0} µs per connection opened; server RSS {before} -> {after} KiB, {:.2} KiB per connection; one broadcast to all: \
-         {}, server CPU {:.1} µs per delivery; missing {missing}",
+         {}, server CPU {:.1} µs per delivery (the clients' {:.1}); missing {missing}",
         options.crowd,
         opened.as_secs_f64(),
         options.crowd as f64 / opened.as_secs_f64().max(1e-9),
-        websockets_opened.as_secs_f64(),
         opening_cpu.as_secs_f64() * 1e6 / options.crowd.max(1) as f64,
         after.saturating_sub(before) as f64 / options.crowd.max(1) as f64,
         percentiles(latencies),
         broadcast_cpu.as_secs_f64() * 1e6 / options.crowd.max(1) as f64,
+        clients_cpu.as_secs_f64() * 1e6 / options.crowd.max(1) as f64,
     );
     Ok((line, missing))
 }
@@ -972,13 +1021,19 @@ mod load;
 mod process;
 use load::{ServerProcess, ws_frame};
 
-fn raise_fd_limit() {
-    process::raise_fd_limit(u64::MAX);
+#[path = "support/tables.rs"]
+mod tables;
+use tables::Tables;
+
+/// Raises this process's open-file limit as far as it goes; returns the limit in force.
+fn raise_fd_limit() -> u64 {
+    process::raise_fd_limit(u64::MAX)
 }
 
 /// The two servers under test, with the same control endpoints.
 mod server {
     use std::collections::HashMap;
+    use std::future::IntoFuture;
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -991,6 +1046,8 @@ mod server {
     use axum::routing::{get, post};
     use axum::serve::ListenerExt;
     use futures_util::stream;
+    use tokio::net::{TcpListener, TcpSocket};
+    use tokio::runtime::Handle;
     use tokio::sync::broadcast;
     use tower_fanout::{Hub, StreamLayer};
 
@@ -1035,6 +1092,7 @@ mod server {
         kind: &str,
         addr: SocketAddr,
         certificate: Option<std::path::PathBuf>,
+        runtimes: &[Handle],
     ) -> Result<(), Box<dyn std::error::Error>> {
         raise_fd_limit();
         // Built with the metrics feature, the server records into a Prometheus recorder,
@@ -1046,9 +1104,14 @@ mod server {
             .as_deref()
             .map(super::tls::acceptor)
             .transpose()?;
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         let app = match kind {
-            "bare" => return super::bare::run(listener).await,
+            "bare" => {
+                let streams = Arc::default();
+                return on_each(addr, runtimes, move |listener| {
+                    super::bare::run(listener, Arc::clone(&streams))
+                })
+                .await;
+            }
             "crate" | "crate-axum" | "crate-tls" | "crate-deflate" => {
                 let hub = Hub::builder().buffer(4096).build();
                 // `/events/{topic}`, or `/events/?topic=..&topic=..` for several.
@@ -1076,15 +1139,28 @@ mod server {
                 }
                 let app = control(Publisher::Hub(hub)).layer(layer);
                 if kind == "crate" || kind == "crate-deflate" {
-                    tower_fanout::serve(listener, app).await;
-                    return Ok(());
+                    return on_each(addr, runtimes, move |listener| {
+                        let served = tower_fanout::serve(listener, app.clone()).into_future();
+                        async move {
+                            served.await;
+                            Ok(())
+                        }
+                    })
+                    .await;
                 }
                 if kind == "crate-tls" {
                     let acceptor = acceptor.ok_or("a certificate path")?;
-                    tower_fanout::serve(listener, app)
-                        .with_transport(move |tcp| acceptor.accept(tcp))
-                        .await;
-                    return Ok(());
+                    return on_each(addr, runtimes, move |listener| {
+                        let acceptor = acceptor.clone();
+                        let served = tower_fanout::serve(listener, app.clone())
+                            .with_transport(move |tcp| acceptor.accept(tcp))
+                            .into_future();
+                        async move {
+                            served.await;
+                            Ok(())
+                        }
+                    })
+                    .await;
                 }
                 app
             }
@@ -1097,13 +1173,49 @@ mod server {
             }
             other => return Err(format!("unknown server {other}").into()),
         };
-        // Small frames go out at once: without TCP_NODELAY, Nagle's algorithm holds each
-        // one until the previous is acknowledged, which a delayed ACK makes up to 40 ms.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app).await?;
-        Ok(())
+        on_each(addr, runtimes, move |listener| {
+            // Small frames go out at once: without TCP_NODELAY, Nagle's algorithm holds
+            // each one until the previous is acknowledged, which a delayed ACK makes up
+            // to 40 ms.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app.clone()).into_future()
+        })
+        .await
+    }
+
+    /// Runs `serve` on a listener at `addr` on each of `runtimes`, bound on the runtime's
+    /// thread (in its file table) and sharing the port (`SO_REUSEPORT`) when there are
+    /// several, until one of them ends. The backlog is tokio's `TcpListener::bind`'s.
+    async fn on_each<F, S>(
+        addr: SocketAddr,
+        runtimes: &[Handle],
+        serve: F,
+    ) -> Result<(), Box<dyn std::error::Error>>
+    where
+        F: Fn(TcpListener) -> S + Clone + Send + 'static,
+        S: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let shared = runtimes.len() > 1;
+        let mut servers = tokio::task::JoinSet::new();
+        for runtime in runtimes {
+            let serve = serve.clone();
+            servers.spawn_on(
+                async move {
+                    let socket = TcpSocket::new_v4()?;
+                    socket.set_reuseaddr(true)?;
+                    socket.set_reuseport(shared)?;
+                    socket.bind(addr)?;
+                    serve(socket.listen(1024)?).await
+                },
+                runtime,
+            );
+        }
+        match servers.join_next().await {
+            Some(ended) => Ok(ended??),
+            None => Ok(()),
+        }
     }
 
     fn control(publisher: Publisher) -> Router {
@@ -1287,7 +1399,7 @@ mod bare {
     }
 
     #[derive(Default)]
-    struct Streams {
+    pub(super) struct Streams {
         ws: Mutex<Vec<Arc<Queue>>>,
         sse: Mutex<Vec<Arc<Queue>>>,
     }
@@ -1327,8 +1439,7 @@ mod bare {
         }
     }
 
-    pub(super) async fn run(listener: TcpListener) -> Result<(), Box<dyn std::error::Error>> {
-        let streams = Arc::new(Streams::default());
+    pub(super) async fn run(listener: TcpListener, streams: Arc<Streams>) -> std::io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
