@@ -9,7 +9,8 @@
 //! - Every runtime is built before any of the threads unshares, so every table has every
 //!   runtime's wake-up descriptors (and those of what the process made before): a task
 //!   woken from another thread is scheduled by a write to its runtime's eventfd, by
-//!   number, in the waker's own table.
+//!   number, in the waker's own table. A runtime built after the tables started is in
+//!   none of them, and nothing on a table may wake its tasks.
 //! - What a table's tasks open exists only in that table: a task spawned on a table's
 //!   runtime keeps its sockets, uses them and closes them there (a current-thread runtime
 //!   never moves a task to another thread), and a table's runtime is dropped on its own
