@@ -1203,7 +1203,11 @@ mod server {
             let serve = serve.clone();
             servers.spawn_on(
                 async move {
-                    let socket = TcpSocket::new_v4()?;
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
                     socket.set_reuseaddr(true)?;
                     socket.set_reuseport(shared)?;
                     socket.bind(addr)?;
