@@ -1138,23 +1138,19 @@ mod server {
                     layer = layer.compression(tower_fanout::Compression::new());
                 }
                 let app = control(Publisher::Hub(hub)).layer(layer);
-                if kind == "crate" || kind == "crate-deflate" {
+                if kind != "crate-axum" {
+                    if kind == "crate-tls" && acceptor.is_none() {
+                        return Err("a certificate path".into());
+                    }
                     return on_each(addr, runtimes, move |listener| {
-                        let served = tower_fanout::serve(listener, app.clone()).into_future();
-                        async move {
-                            served.await;
-                            Ok(())
-                        }
-                    })
-                    .await;
-                }
-                if kind == "crate-tls" {
-                    let acceptor = acceptor.ok_or("a certificate path")?;
-                    return on_each(addr, runtimes, move |listener| {
-                        let acceptor = acceptor.clone();
-                        let served = tower_fanout::serve(listener, app.clone())
-                            .with_transport(move |tcp| acceptor.accept(tcp))
-                            .into_future();
+                        let served = tower_fanout::serve(listener, app.clone());
+                        // Both are the same boxed future.
+                        let served = match acceptor.clone() {
+                            Some(acceptor) => served
+                                .with_transport(move |tcp| acceptor.accept(tcp))
+                                .into_future(),
+                            None => served.into_future(),
+                        };
                         async move {
                             served.await;
                             Ok(())
